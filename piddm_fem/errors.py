@@ -1,0 +1,17 @@
+"""User-facing errors: one line that names the problem and the fix."""
+
+
+class PiddmError(Exception):
+    """An error caused by input; the CLI prints it as one line and exits non-zero."""
+
+
+def require_firedrake(what: str):
+    """Import firedrake or raise a PiddmError saying which step needs it."""
+    try:
+        import firedrake
+    except ImportError as exc:
+        raise PiddmError(
+            f"{what} needs Firedrake, which is not importable here ({exc}); "
+            "run `make setup` or use the .venv it creates"
+        ) from None
+    return firedrake

@@ -1,0 +1,217 @@
+"""The HDF5 dataset schema shared by the solver, the models and `piddm validate` (docs/datasets.md).
+
+A dataset file holds ``fields`` float64 [N, C, S, S] on the grid of ``piddm_fem.grid`` plus
+per-sample ``status`` and ``solver_info``. Files are written under ``<name>.partial`` and renamed
+to ``<name>`` only once complete, so a finished-looking file is never half-written. Needs h5py and
+numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from piddm_fem import __version__
+from piddm_fem.errors import PiddmError
+
+SCHEMA_VERSION = 1
+STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "failed"}
+DOMAIN = ((0.0, 1.0), (0.0, 1.0))
+
+
+@dataclass
+class DatasetInfo:
+    """The attributes that identify a dataset: which problem, which grid, where it came from."""
+
+    problem: str
+    channels: list[str]
+    resolution: int
+    n_samples: int
+    seed: int | None = None
+    source: str = "firedrake"
+    params: dict = field(default_factory=dict)
+    solver_parameters: dict = field(default_factory=dict)
+    version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where an unfinished file lives until it is complete."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _open(path: Path, mode: str = "r"):
+    h5py = _h5py()
+    if not path.exists():
+        raise PiddmError(f"{path}: no such file; check the path or create it with `piddm generate`")
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        raise PiddmError(
+            f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]}); "
+            "regenerate it or restore a good copy"
+        ) from None
+
+
+def _info_from_attrs(path: Path, f) -> DatasetInfo:
+    attrs = f.attrs
+    missing = [k for k in ("problem", "channels", "resolution", "schema_version") if k not in attrs]
+    if missing or "fields" not in f:
+        what = ", ".join(missing) if missing else "dataset 'fields'"
+        raise PiddmError(
+            f"{path}: not a piddm-fem dataset (missing {what}); "
+            "write it with `piddm generate` or `piddm sample`"
+        )
+    schema = int(attrs["schema_version"])
+    if schema != SCHEMA_VERSION:
+        raise PiddmError(
+            f"{path}: schema version {schema}, this piddm-fem reads {SCHEMA_VERSION}; "
+            "regenerate the file with this version"
+        )
+    seed = attrs.get("seed", -1)
+    return DatasetInfo(
+        problem=str(attrs["problem"]),
+        channels=json.loads(attrs["channels"]),
+        resolution=int(attrs["resolution"]),
+        n_samples=int(f["fields"].shape[0]),
+        seed=None if int(seed) < 0 else int(seed),
+        source=str(attrs.get("source", "unknown")),
+        params=json.loads(attrs.get("params", "{}")),
+        solver_parameters=json.loads(attrs.get("solver_parameters", "{}")),
+        version=str(attrs.get("version", "unknown")),
+        schema_version=schema,
+    )
+
+
+def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = False):
+    """Create ``<path>.partial`` with every sample pending; returns the open h5py.File."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise PiddmError(f"{path} exists; pass --overwrite to replace it or --resume to complete it")
+    if info.resolution < 3:
+        raise PiddmError(f"resolution {info.resolution} is too small; use S >= 3 grid points per side")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    tmp.unlink(missing_ok=True)
+    f = _h5py().File(tmp, "w")
+    n, c, s = info.n_samples, len(info.channels), info.resolution
+    f.create_dataset("fields", shape=(n, c, s, s), dtype="f8", chunks=(1, c, s, s), fillvalue=np.nan)
+    f.create_dataset("status", shape=(n,), dtype="i1", fillvalue=STATUS_PENDING)
+    g = f.create_group("solver_info")
+    g.create_dataset("iterations", shape=(n,), dtype="i8", fillvalue=-1)
+    g.create_dataset("residual_norm", shape=(n,), dtype="f8", fillvalue=np.nan)
+    g.create_dataset("time", shape=(n,), dtype="f8", fillvalue=np.nan)
+    g.create_dataset("reason", shape=(n,), dtype=_h5py().string_dtype(), fillvalue="")
+    attrs = asdict(info)
+    attrs.pop("n_samples")
+    attrs["seed"] = -1 if info.seed is None else info.seed
+    for key in ("channels", "params", "solver_parameters"):
+        attrs[key] = json.dumps(attrs[key])
+    attrs["domain"] = np.asarray(DOMAIN)
+    attrs["grid"] = "fields[n, c, j, i] at x_i = i/(S-1), y_j = j/(S-1)"
+    f.attrs.update(attrs)
+    f.attrs["complete"] = False
+    return f
+
+
+def open_partial(path: str | os.PathLike, info: DatasetInfo):
+    """Reopen ``<path>.partial`` for ``--resume``; its attributes must match ``info``."""
+    path = Path(path)
+    tmp = partial_path(path)
+    if path.exists():
+        raise PiddmError(f"{path} is already complete; pass --overwrite to regenerate it")
+    if not tmp.exists():
+        raise PiddmError(f"nothing to resume: {tmp} does not exist; drop --resume to start afresh")
+    f = _open(tmp, "r+")
+    have = _info_from_attrs(tmp, f)
+    for key in ("problem", "channels", "resolution", "n_samples", "seed", "params"):
+        if getattr(have, key) != getattr(info, key):
+            f.close()
+            raise PiddmError(
+                f"cannot resume {tmp}: it has {key}={getattr(have, key)!r}, the command asks for "
+                f"{getattr(info, key)!r}; repeat the original arguments or pass --overwrite"
+            )
+    return f
+
+
+def finalize(path: str | os.PathLike, f) -> None:
+    """Mark the open partial file complete, close it and rename it into place atomically."""
+    f.attrs["complete"] = True
+    f.close()
+    os.replace(partial_path(path), path)
+
+
+def read_info(path: str | os.PathLike) -> DatasetInfo:
+    path = Path(path)
+    with _open(path) as f:
+        return _info_from_attrs(path, f)
+
+
+def read(path: str | os.PathLike, indices=None) -> tuple[DatasetInfo, np.ndarray, np.ndarray]:
+    """(info, fields[n, C, S, S], status[n]) for the given sample indices (all by default)."""
+    path = Path(path)
+    with _open(path) as f:
+        info = _info_from_attrs(path, f)
+        idx = np.arange(info.n_samples) if indices is None else np.asarray(indices, dtype=int)
+        if idx.size and (idx.min() < 0 or idx.max() >= info.n_samples):
+            raise PiddmError(
+                f"{path}: sample index out of range 0..{info.n_samples - 1}; pick indices inside it"
+            )
+        if indices is None:
+            fields = f["fields"][:]
+        else:
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            fields = f["fields"][uniq][inverse]
+        status = f["status"][:][idx] if "status" in f else np.full(idx.size, STATUS_OK, "i1")
+    check_fields(path, info, fields, status)
+    return info, fields, status
+
+
+def check_fields(where, info: DatasetInfo, fields: np.ndarray, status=None) -> None:
+    """Shape and finiteness checks; failed or pending samples may hold NaN."""
+    c, s = len(info.channels), info.resolution
+    if fields.ndim != 4 or fields.shape[1:] != (c, s, s):
+        raise PiddmError(
+            f"{where}: fields have shape {tuple(fields.shape)}, expected (N, {c}, {s}, {s}) for "
+            f"channels {info.channels}; write all channels on the S x S grid"
+        )
+    good = np.ones(fields.shape[0], bool) if status is None else np.asarray(status) == STATUS_OK
+    bad = ~np.isfinite(fields[good]).all(axis=(1, 2, 3))
+    if bad.any():
+        first = int(np.flatnonzero(good)[np.flatnonzero(bad)[0]])
+        raise PiddmError(
+            f"{where}: sample {first} (and {int(bad.sum()) - 1} more) contains NaN/Inf; "
+            "regenerate those samples or drop them"
+        )
+
+
+def write(path: str | os.PathLike, info: DatasetInfo, fields: np.ndarray, *,
+          overwrite: bool = False, extra: dict | None = None) -> None:
+    """Write a whole file at once (model samples): partial file, then atomic rename.
+
+    ``extra`` maps dataset names to arrays stored beside ``fields`` (e.g. ensemble std)."""
+    info.n_samples = int(fields.shape[0])
+    check_fields(path, info, fields)
+    f = create(path, info, overwrite=overwrite)
+    try:
+        f["fields"][...] = fields
+        f["status"][...] = STATUS_OK
+        for name, arr in (extra or {}).items():
+            f.create_dataset(name, data=np.asarray(arr))
+    except BaseException:
+        f.close()
+        partial_path(path).unlink(missing_ok=True)
+        raise
+    finalize(path, f)
