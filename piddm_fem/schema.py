@@ -215,3 +215,46 @@ def write(path: str | os.PathLike, info: DatasetInfo, fields: np.ndarray, *,
         partial_path(path).unlink(missing_ok=True)
         raise
     finalize(path, f)
+
+
+# -- the residual operator (written by piddm_fem.solvers.export, read by piddm_fem.residual) ----
+OPERATOR_GROUP = "operator"
+
+
+def write_operator(path: str | os.PathLike, op: dict, h5file=None) -> None:
+    """Store an extracted operator in group ``operator`` of a dataset file (or an open h5 file)."""
+    f = _h5py().File(path, "a") if h5file is None else h5file
+    try:
+        if OPERATOR_GROUP in f:
+            del f[OPERATOR_GROUP]
+        g = f.create_group(OPERATOR_GROUP)
+        g.attrs.update({"problem": op["problem"], "params": json.dumps(op["params"]),
+                        "resolution": op["resolution"], "channels": json.dumps(op["channels"]),
+                        "unknown": op["unknown"], "n_terms": len(op["terms"]),
+                        "schema_version": SCHEMA_VERSION})
+        for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values"):
+            g.create_dataset(name, data=op[name])
+        for n, (combo, tensor) in enumerate(op["terms"]):
+            d = g.create_dataset(f"term{n}", data=tensor)
+            d.attrs["channels"] = np.asarray(combo, dtype=np.int64)
+    finally:
+        if h5file is None:
+            f.close()
+
+
+def read_operator(path: str | os.PathLike) -> dict | None:
+    """The operator stored in a dataset file, or None when the file holds none."""
+    path = Path(path)
+    with _open(path) as f:
+        if OPERATOR_GROUP not in f:
+            return None
+        g = f[OPERATOR_GROUP]
+        a = g.attrs
+        return {
+            "problem": str(a["problem"]), "params": json.loads(a["params"]),
+            "resolution": int(a["resolution"]), "channels": json.loads(a["channels"]),
+            "unknown": int(a["unknown"]),
+            **{name: g[name][:] for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values")},
+            "terms": [(tuple(int(c) for c in g[f"term{n}"].attrs["channels"]), g[f"term{n}"][:])
+                      for n in range(int(a["n_terms"]))],
+        }

@@ -1,0 +1,77 @@
+"""Dataset generation throughput: samples/s with K = 1 and K = 2 MPI ranks at S = 64, their ratio,
+and the time per solve split into assembly and linear solve (one rank).
+
+    python benchmarks/generate_throughput.py [--res 64] [--n 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import firedrake as fd
+
+from piddm_fem.solvers import get_problem
+from piddm_fem.solvers.discrete import DiscreteProblem
+from piddm_fem.solvers.generate import sample_rng
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+       "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+
+
+def run_generate(ranks: int, n: int, S: int, out: Path) -> float:
+    piddm = str(Path(sys.executable).with_name("piddm"))
+    # a warm-up run so both timings see compiled kernels in the disk cache
+    cmd = ["mpiexec", "-n", str(ranks), piddm, "generate", "darcy", "-n", str(n), "--res", str(S),
+           "--out", str(out), "--overwrite"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=ENV, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def split_times(S: int, n: int = 5) -> tuple[float, float]:
+    """Mean seconds per sample for assembling the Jacobian + residual, and for the LU solve."""
+    problem = get_problem("darcy")
+    disc = DiscreteProblem(problem, S)
+    u = disc.fields["u"]
+    J = fd.derivative(disc.F, u)
+    bc0 = fd.DirichletBC(disc.V, 0.0, "on_boundary")  # Newton update from u = 0 with g = 0
+    t_asm = t_solve = 0.0
+    for i in range(n):
+        disc.gridmap.from_grid(problem.sample_coefficients(S, sample_rng(0, i))["a"], disc.fields["a"])
+        t0 = time.perf_counter()
+        A = fd.assemble(J, bcs=bc0)
+        b = fd.assemble(-disc.F, bcs=bc0)
+        t1 = time.perf_counter()
+        du = fd.Function(disc.V)
+        fd.solve(A, du, b, solver_parameters={"ksp_type": "preonly", "pc_type": "lu",
+                                              "pc_factor_mat_solver_type": "mumps"})
+        t2 = time.perf_counter()
+        t_asm, t_solve = t_asm + t1 - t0, t_solve + t2 - t1
+    return t_asm / n, t_solve / n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--res", type=int, default=64)
+    p.add_argument("--n", type=int, default=16)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.h5"
+        run_generate(1, 2, args.res, out)  # warm the kernel cache
+        walls = {k: run_generate(k, args.n, args.res, out) for k in (1, 2)}
+    print(f"Darcy S={args.res}, {args.n} samples (wall time includes start-up and operator export)")
+    for k, wall in walls.items():
+        print(f"  K={k}: {wall:7.1f} s  {args.n / wall:6.2f} samples/s")
+    print(f"  ratio K=2 / K=1: {walls[1] / walls[2]:.2f}x")
+    t_asm, t_solve = split_times(args.res)
+    print(f"  per solve: assembly {1e3 * t_asm:.1f} ms, LU solve {1e3 * t_solve:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""`piddm`: solve | generate | validate | export-operator | teacher | distill | sample | infer |
+bench | demo.
+
+Heavy imports (Firedrake, torch) happen inside the commands that need them. Every PiddmError is
+printed as one line and exits with code 2; Ctrl-C exits with 130 after the command has saved what
+it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from piddm_fem.errors import PiddmError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Physics-informed distillation of diffusion models on Firedrake weak forms.")
+console = Console(stderr=True)
+out = Console()
+
+
+def parse_params(items: list[str]) -> dict:
+    """`--param k=2.5` pairs as a dict of floats."""
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise PiddmError(f"--param {item!r}: write NAME=NUMBER, e.g. --param k=2.0")
+    return params
+
+
+ParamOption = typer.Option(None, "--param", help="Problem parameter NAME=VALUE (repeatable).")
+
+
+@app.command()
+def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz"),
+          res: int = typer.Option(33, "--res", help="Grid points per side S (mesh of (S-1)^2 cells)."),
+          seed: int = typer.Option(0, help="Seed of the coefficient draw (sample 0 of this seed)."),
+          vtk: Optional[Path] = typer.Option(None, help="Directory for a ParaView .pvd file."),
+          png: Optional[Path] = typer.Option(None, help="PNG figure of the fields."),
+          param: list[str] = ParamOption):
+    """One Firedrake solve: timing, residual, optional figure and VTK output."""
+    from piddm_fem import grid
+    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers.discrete import DiscreteProblem
+    from piddm_fem.solvers.generate import solve_sample
+
+    S = grid.check_resolution(res)
+    prob = get_problem(problem, **parse_params(param))
+    t0 = time.perf_counter()
+    disc = DiscreteProblem(prob, S)
+    setup = time.perf_counter() - t0
+    fields, info = solve_sample(disc, seed, 0)
+    if fields is None:
+        raise PiddmError(f"{problem} solve diverged ({info['reason']}); check the parameters")
+    out.print(f"{problem} S={S}: setup {setup:.2f}s, solve {info['time']:.3f}s, "
+              f"{info['iterations']} linear iterations, {info['reason']}, "
+              f"relative residual {info['residual_norm']:.2e}")
+    if vtk:
+        import firedrake as fd
+
+        vtk.mkdir(parents=True, exist_ok=True)
+        fd.VTKFile(str(vtk / f"{problem}.pvd")).write(*disc.fields.values())
+        out.print(f"wrote {vtk / f'{problem}.pvd'}")
+    if png:
+        from piddm_fem.figures import plot_panels
+
+        plot_panels(list(zip(prob.channels, fields)), png, title=f"{problem}, S={S}, seed {seed}")
+        out.print(f"wrote {png}")
+
+
+@app.command()
+def generate(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz"),
+             n_samples: int = typer.Option(..., "--n-samples", "-n", help="Number of samples."),
+             res: int = typer.Option(33, "--res", help="Grid points per side S."),
+             seed: int = typer.Option(0, help="Dataset seed; sample i depends on (seed, i) only."),
+             out_path: Path = typer.Option(..., "--out", help="Output HDF5 file."),
+             resume: bool = typer.Option(False, help="Complete an interrupted <out>.partial."),
+             overwrite: bool = typer.Option(False, help="Replace an existing file."),
+             param: list[str] = ParamOption):
+    """Solve N seeded samples and write a dataset (split across ranks under mpiexec)."""
+    from piddm_fem import grid
+    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers.generate import generate as run_generate
+
+    S = grid.check_resolution(res)
+    prob = get_problem(problem, **parse_params(param))
+    t0 = time.perf_counter()
+    counts = run_generate(prob, n_samples, S, seed, out_path, resume=resume, overwrite=overwrite)
+    if counts:
+        out.print(f"wrote {out_path}: {counts['ok']} ok, {counts['failed']} failed "
+                  f"({counts['solved_now']} solved in {time.perf_counter() - t0:.1f}s)")
+
+
+@app.command()
+def validate(file: Path = typer.Argument(..., help="Any file in the dataset schema."),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Write a JSON report."),
+             max_residual: Optional[float] = typer.Option(
+                 None, help="Exit 1 when a sample's relative residual exceeds this."),
+             show: int = typer.Option(20, help="Rows of the per-sample table to print.")):
+    """Assembled FEM residual (and the torch operator's) of every sample in a file."""
+    import torch
+
+    from piddm_fem.residual import ResidualOperator
+    from piddm_fem.solvers.validate import fem_residuals, load_for_validation
+
+    info, fields, status, disc, op = load_for_validation(file)
+    fem = fem_residuals(disc, fields, status)
+    operator = ResidualOperator(op)
+    ok = np.flatnonzero(np.isfinite(fem))
+    fast = np.full_like(fem, np.nan)
+    if ok.size:
+        with torch.no_grad():
+            fast[ok] = operator.relative(torch.from_numpy(fields[ok])).numpy()
+    disagree = ok[np.abs(fast[ok] - fem[ok]) > 1e-6 * np.maximum(fem[ok], 1e-8)]
+    table = Table(title=f"{file}: {info.problem} S={info.resolution} ({info.source})")
+    for col in ("sample", "status", "fem_residual", "torch_residual"):
+        table.add_column(col, justify="right")
+    for n in range(min(show, fields.shape[0])):
+        table.add_row(str(n), {1: "ok", 2: "failed", 0: "pending"}[int(status[n])],
+                      f"{fem[n]:.3e}", f"{fast[n]:.3e}")
+    out.print(table)
+    median = float(np.median(fem[ok])) if ok.size else float("nan")
+    worst = float(np.max(fem[ok])) if ok.size else float("nan")
+    passed = ok.size > 0 and (max_residual is None or worst <= max_residual)
+    out.print(f"{ok.size} ok of {fields.shape[0]} samples; relative residual median {median:.3e}, "
+              f"max {worst:.3e}" + ("" if max_residual is None else f" (tolerance {max_residual:g})"))
+    if disagree.size:
+        console.print(f"[yellow]warning: torch and FEM residuals disagree on {disagree.size} samples "
+                      f"(first: {int(disagree[0])})")
+    if json_out:
+        report = {"file": str(file), "problem": info.problem, "resolution": info.resolution,
+                  "source": info.source, "max_residual": max_residual, "passed": bool(passed),
+                  "summary": {"median": median, "max": worst, "n_ok": int(ok.size),
+                              "n_samples": int(fields.shape[0]), "n_disagree": int(disagree.size)},
+                  "samples": [{"index": int(n), "status": int(status[n]),
+                               "fem_residual": None if np.isnan(fem[n]) else float(fem[n]),
+                               "torch_residual": None if np.isnan(fast[n]) else float(fast[n])}
+                              for n in range(fields.shape[0])]}
+        json_out.write_text(json.dumps(report, indent=1))
+    if not ok.size:
+        raise PiddmError(f"{file}: no sample has status ok; nothing to validate")
+    if not passed:
+        console.print(f"[red]residual {worst:.3e} exceeds tolerance {max_residual:g}")
+        raise typer.Exit(1)
+
+
+@app.command("export-operator")
+def export_operator(file: Path = typer.Argument(..., help="Dataset file to store the operator in.")):
+    """Extract the weak-form residual operator of a file's problem and store it in the file."""
+    from piddm_fem import schema
+    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers.export import extract_operator
+
+    info = schema.read_info(file)
+    t0 = time.perf_counter()
+    op = extract_operator(get_problem(info.problem, **info.params), info.resolution)
+    schema.write_operator(file, op)
+    out.print(f"stored the {info.problem} S={info.resolution} operator ({len(op['terms'])} terms) "
+              f"in {file} ({time.perf_counter() - t0:.1f}s)")
+
+
+def run() -> None:
+    """Console entry point: one-line errors, exit codes 2 (bad input) and 130 (interrupted)."""
+    try:
+        app(standalone_mode=False)
+    except PiddmError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("interrupted: finished work was saved; rerun with --resume to continue")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,75 @@
+"""Model checkpoints: a plain dict written atomically with torch.save, loaded with clear errors.
+
+A checkpoint (docs/teacher.md) holds ``kind`` ("teacher", ...), the dataset identity (``problem``,
+``resolution``, ``channels``, ``params``), ``normalization`` ({mean, std} per channel),
+``config`` (network and training settings), ``model`` and ``ema`` state dicts, ``optimizer``,
+``step``, ``best_val`` and the package ``version``. Only tensors and plain Python values are
+stored, so loading uses ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from piddm_fem import __version__
+from piddm_fem.errors import PiddmError
+
+LAST, BEST = "last.pt", "best.pt"
+REQUIRED = ("kind", "problem", "resolution", "channels", "normalization", "config", "ema", "step")
+
+
+def save(path, ckpt: dict) -> None:
+    """Write ``ckpt`` (plus the package version) to ``path`` via a temp file and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save({**ckpt, "version": __version__}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve(ckpt_or_dir) -> Path:
+    """The checkpoint file: the path itself, or in a directory best.pt, else last.pt."""
+    path = Path(ckpt_or_dir)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise PiddmError(f"{path}: directory holds no {BEST} or {LAST}; train a model into it first")
+    if not path.exists():
+        raise PiddmError(f"{path}: no such checkpoint; check the path or train a model first")
+    return path
+
+
+def load(ckpt_or_dir, kind: str | None = None, map_location="cpu") -> dict:
+    """Load a checkpoint (file or training directory); ``kind`` checks what it holds."""
+    path = resolve(ckpt_or_dir)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/foreign files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PiddmError(f"{path}: not a readable checkpoint ({first}); retrain or restore a good copy") from None
+    missing = [k for k in REQUIRED if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED)
+    if missing:
+        raise PiddmError(f"{path}: not a piddm-fem checkpoint (missing {', '.join(missing)}); "
+                         "pass a last.pt/best.pt written by piddm")
+    if kind is not None and ckpt["kind"] != kind:
+        raise PiddmError(f"{path} is a {ckpt['kind']} checkpoint; pass a {kind} checkpoint")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, info, where) -> None:
+    """Raise unless the checkpoint was trained on ``info``'s problem, grid and channels."""
+    have = (ckpt["problem"], int(ckpt["resolution"]), list(ckpt["channels"]))
+    want = (info.problem, int(info.resolution), list(info.channels))
+    if have != want:
+        extra = f" channels {have[2]} vs {want[2]}" if have[2] != want[2] else ""
+        raise PiddmError(
+            f"checkpoint trained on {have[0]} S={have[1]} but {where} is {want[0]} S={want[1]}"
+            f"{extra}; use a checkpoint trained on this problem/grid"
+        )

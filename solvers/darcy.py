@@ -1,0 +1,29 @@
+"""Darcy flow: -div(a grad u) = 1 on the unit square, u = 0 on the boundary.
+
+a = 12 where a Gaussian random field (alpha = 2, tau = 3) is >= 0, and 3 elsewhere.
+"""
+
+import firedrake as fd
+import numpy as np
+
+from piddm_fem.solvers.grf import gaussian_random_field
+from piddm_fem.solvers.problem import Problem
+
+
+class Darcy(Problem):
+    name = "darcy"
+    channels = ("a", "u")
+    default_params = {"f": 1.0, "a_high": 12.0, "a_low": 3.0, "alpha": 2.0, "tau": 3.0}
+
+    def form(self, fields, v):
+        a, u = fields["a"], fields["u"]
+        f = fd.Constant(self.params["f"])
+        return a * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - f * v * fd.dx
+
+    def sample_coefficients(self, S, rng):
+        p = self.params
+        grf = gaussian_random_field(S, rng, p["alpha"], p["tau"])
+        return {"a": np.where(grf >= 0.0, p["a_high"], p["a_low"])}
+
+
+PROBLEM_CLASS = Darcy

@@ -1,0 +1,118 @@
+"""A Problem discretised at one resolution: mesh, Functions, form, solver and the FEM residual.
+
+Built once per (problem, S) and reused for every sample, so forms compile once. The residual
+follows docs/residual.md: the assembled weak residual with Dirichlet rows replaced by u - g
+("raw"), divided by the lumped mass on the other rows ("scaled", strong-form units), and its
+relative norm ||s(x)|| / ||s(x with u = 0)|| in the grid RMS norm.
+"""
+
+from __future__ import annotations
+
+import time
+
+import firedrake as fd
+import numpy as np
+from firedrake.exceptions import ConvergenceError
+
+from piddm_fem.solvers.gridmap import GridMap
+
+
+def reason_name(reason: int, owner) -> str:
+    """PETSc's name for a converged/diverged reason code (SNES or KSP)."""
+    names = {v: k for k, v in vars(owner.ConvergedReason).items() if isinstance(v, int)}
+    return names.get(int(reason), str(reason))
+
+
+def relative_norm(s: np.ndarray, s0: np.ndarray) -> float:
+    """||s|| / ||s0|| in the grid RMS norm (s0 is the residual at u = 0, the load)."""
+    ref = np.sqrt(np.mean(s0**2))
+    return float(np.sqrt(np.mean(s**2)) / (ref if ref > 0 else 1.0))
+
+
+class DiscreteProblem:
+    """One problem on the S x S grid (serial mesh on ``comm``, COMM_SELF by default)."""
+
+    def __init__(self, problem, S: int, comm=None, reorder: bool | None = None):
+        self.problem, self.S = problem, S
+        self.mesh = problem.mesh(S, comm=fd.COMM_SELF if comm is None else comm, reorder=reorder)
+        self.V = problem.space(self.mesh)
+        self.gridmap = GridMap(self.V, S)
+        self.fields = {name: fd.Function(self.V, name=name) for name in problem.channels}
+        self.v = fd.TestFunction(self.V)
+        self.F = problem.form(self.fields, self.v)
+        self.g = fd.Function(self.V).interpolate(problem.boundary_value(self.mesh))
+        self.bc = fd.DirichletBC(self.V, self.g, "on_boundary")
+        self.bc_mask = np.zeros(S * S, bool)
+        self.bc_mask[self.gridmap.index[self.bc.nodes]] = True
+        self.g_grid = self.gridmap.to_grid(self.g).ravel()
+        mass = fd.assemble(self.v * fd.dx)
+        self.lumped_mass = self.gridmap.to_grid(mass).ravel()
+        self._solver = None
+
+    # -- grid <-> Functions -------------------------------------------------------------------
+    def set_fields(self, fields: np.ndarray) -> None:
+        """Load a grid sample [C, S, S] into the Functions (channel order of the problem)."""
+        for c, name in enumerate(self.problem.channels):
+            self.gridmap.from_grid(fields[c], self.fields[name])
+
+    def get_fields(self) -> np.ndarray:
+        return np.stack([self.gridmap.to_grid(self.fields[n]) for n in self.problem.channels])
+
+    # -- residual ------------------------------------------------------------------------------
+    def raw_residual(self, fields: np.ndarray) -> np.ndarray:
+        """assemble(F) on the grid [S*S], Dirichlet rows replaced by u - g."""
+        self.set_fields(fields)
+        r = self.gridmap.to_grid(fd.assemble(self.F)).ravel()
+        u = np.asarray(fields[self.problem.channels.index(self.problem.unknown)]).ravel()
+        return np.where(self.bc_mask, u - self.g_grid, r)
+
+    def scaled_residual(self, fields: np.ndarray) -> np.ndarray:
+        r = self.raw_residual(fields)
+        return np.where(self.bc_mask, r, r / self.lumped_mass)
+
+    def relative_residual(self, fields: np.ndarray) -> float:
+        s = self.scaled_residual(fields)
+        load = np.array(fields, dtype=float, copy=True)
+        load[self.problem.channels.index(self.problem.unknown)] = 0.0
+        return relative_norm(s, self.scaled_residual(load))
+
+    # -- solve ---------------------------------------------------------------------------------
+    @property
+    def solver(self):
+        if self._solver is None:
+            u = self.fields[self.problem.unknown]
+            vp = fd.NonlinearVariationalProblem(self.F, u, bcs=self.bc)
+            self._solver = fd.NonlinearVariationalSolver(
+                vp, solver_parameters=self.problem.solver_parameters,
+                options_prefix=f"piddm_{self.problem.name}_")
+        return self._solver
+
+    def solve(self, coefficients: dict[str, np.ndarray], tol: float = 1e-8):
+        """Solve for the unknown given coefficient grids: (fields [C, S, S] or None, info)."""
+        for name in self.problem.coefficients:
+            self.gridmap.from_grid(coefficients[name], self.fields[name])
+        u = self.fields[self.problem.unknown]
+        u.assign(0.0)
+        t0 = time.perf_counter()
+        snes = self.solver.snes
+        try:
+            self.solver.solve()
+            reason = reason_name(snes.getConvergedReason(), snes)
+            ok = snes.getConvergedReason() > 0 and snes.ksp.getConvergedReason() >= 0
+            if not ok:
+                reason = f"{reason}/{reason_name(snes.ksp.getConvergedReason(), snes.ksp)}"
+        except ConvergenceError as exc:
+            ok, reason = False, str(exc).splitlines()[0]
+        info = {"iterations": int(snes.getLinearSolveIterations()), "time": time.perf_counter() - t0,
+                "reason": reason, "residual_norm": float("nan")}
+        if not ok:
+            return None, info
+        fields = self.get_fields()
+        if not np.isfinite(fields).all():
+            info["reason"] = "non-finite solution"
+            return None, info
+        info["residual_norm"] = self.relative_residual(fields)
+        if not info["residual_norm"] <= tol:
+            info["reason"] = f"relative residual {info['residual_norm']:.2e} above {tol:g}"
+            return None, info
+        return fields, info

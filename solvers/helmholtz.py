@@ -1,0 +1,23 @@
+"""Helmholtz: -Laplacian(u) - k^2 u = f on the unit square, u = 0 on the boundary, f a GRF."""
+
+import firedrake as fd
+
+from piddm_fem.solvers.grf import gaussian_random_field
+from piddm_fem.solvers.problem import Problem
+
+
+class Helmholtz(Problem):
+    name = "helmholtz"
+    channels = ("f", "u")
+    default_params = {"k": 1.0, "alpha": 2.0, "tau": 3.0}
+
+    def form(self, fields, v):
+        f, u = fields["f"], fields["u"]
+        k2 = fd.Constant(self.params["k"] ** 2)
+        return (fd.inner(fd.grad(u), fd.grad(v)) - k2 * u * v - f * v) * fd.dx
+
+    def sample_coefficients(self, S, rng):
+        return {"f": gaussian_random_field(S, rng, self.params["alpha"], self.params["tau"])}
+
+
+PROBLEM_CLASS = Helmholtz

@@ -1,0 +1,22 @@
+"""Poisson: -Laplacian(u) = f on the unit square, u = 0 on the boundary, f a Gaussian random field."""
+
+import firedrake as fd
+
+from piddm_fem.solvers.grf import gaussian_random_field
+from piddm_fem.solvers.problem import Problem
+
+
+class Poisson(Problem):
+    name = "poisson"
+    channels = ("f", "u")
+    default_params = {"alpha": 2.0, "tau": 3.0}
+
+    def form(self, fields, v):
+        f, u = fields["f"], fields["u"]
+        return fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - f * v * fd.dx
+
+    def sample_coefficients(self, S, rng):
+        return {"f": gaussian_random_field(S, rng, self.params["alpha"], self.params["tau"])}
+
+
+PROBLEM_CLASS = Poisson

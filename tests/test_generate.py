@@ -1,0 +1,74 @@
+"""Dataset files: schema, determinism, resume after Ctrl-C, MPI split, atomic writes."""
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from piddm_fem import schema
+from piddm_fem.errors import PiddmError
+from piddm_fem.solvers import generate as generate_module
+from piddm_fem.solvers import get_problem
+from piddm_fem.solvers.generate import generate
+
+
+def test_dataset_file_schema(darcy_file):
+    info, fields, status = schema.read(darcy_file)
+    assert (info.problem, info.channels, info.resolution, info.seed) == ("darcy", ["a", "u"], 17, 3)
+    assert fields.shape == (6, 2, 17, 17) and fields.dtype == np.float64
+    assert (status == schema.STATUS_OK).all()
+    with h5py.File(darcy_file) as f:
+        assert f.attrs["complete"] and f.attrs["schema_version"] == schema.SCHEMA_VERSION
+        assert (f["solver_info/residual_norm"][:] < 1e-10).all()
+        assert (f["solver_info/time"][:] > 0).all()
+        assert "operator" in f
+    # boundary nodes are part of the grid and hold the Dirichlet value
+    u = fields[:, 1]
+    assert np.abs(u[:, 0, :]).max() < 1e-14 and np.abs(u[:, :, -1]).max() < 1e-14
+    assert u[:, 8, 8].min() > 0
+
+
+def test_interrupt_keeps_finished_samples_and_resume_completes(tmp_path, monkeypatch, darcy_file):
+    path = tmp_path / "d.h5"
+    real = generate_module.solve_sample
+    calls = {"n": 0}
+
+    def interrupted(disc, seed, index):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(disc, seed, index)
+
+    monkeypatch.setattr(generate_module, "solve_sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(get_problem("darcy"), 6, 17, 3, path, show_progress=False)
+    assert not path.exists()  # never mistaken for complete
+    with h5py.File(schema.partial_path(path)) as f:
+        assert (f["status"][:] == schema.STATUS_OK).sum() == 3
+        assert not f.attrs["complete"]
+    monkeypatch.setattr(generate_module, "solve_sample", real)
+    with pytest.raises(PiddmError, match="exists|resume"):
+        generate(get_problem("darcy"), 6, 17, 4, path, resume=True, show_progress=False)
+    counts = generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False)
+    assert counts["solved_now"] == 3 and counts["ok"] == 6
+    # sample i depends only on (seed, i): identical to the uninterrupted file
+    assert np.array_equal(schema.read(path)[1], schema.read(darcy_file)[1])
+
+
+def test_existing_output_needs_overwrite(darcy_file):
+    with pytest.raises(PiddmError, match="--overwrite"):
+        generate(get_problem("darcy"), 6, 17, 3, darcy_file, show_progress=False)
+
+
+@pytest.mark.mpi
+def test_two_ranks_give_the_same_file(tmp_path, darcy_file):
+    out = tmp_path / "mpi.h5"
+    piddm = os.path.join(os.path.dirname(sys.executable), "piddm")
+    cmd = ["mpiexec", "-n", "2", piddm, "generate", "darcy", "-n", "6", "--res", "17",
+           "--seed", "3", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.array_equal(schema.read(out)[1], schema.read(darcy_file)[1])

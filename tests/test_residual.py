@@ -1,0 +1,182 @@
+"""The exported weak-form operator equals Firedrake's assemble(F), in value and gradient."""
+
+import os
+import subprocess
+import sys
+
+import firedrake as fd
+import numpy as np
+import pytest
+import torch
+
+from piddm_fem import schema
+from piddm_fem.errors import PiddmError
+from piddm_fem.residual import ResidualOperator
+from piddm_fem.solvers import get_problem, problem_names
+from piddm_fem.solvers.discrete import DiscreteProblem
+from piddm_fem.solvers.export import extract_operator
+from piddm_fem.solvers.problem import Problem
+
+
+def random_fields(problem, S, seed=0):
+    """Random fields in every channel (not zeros, not solutions), boundary included."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, len(problem.channels), S, S))
+    if "a" in problem.channels:
+        x[:, problem.channels.index("a")] = 3 + 9 * rng.random((3, S, S))
+    return x
+
+
+def assembled(disc, fields):
+    return np.stack([disc.raw_residual(f).reshape(disc.S, disc.S) for f in fields])[:, None]
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("reorder", [True, False])
+@pytest.mark.parametrize("name", problem_names())
+def test_operator_equals_assemble(name, reorder):
+    S = 13
+    problem = get_problem(name)
+    disc = DiscreteProblem(problem, S, reorder=reorder)
+    op = ResidualOperator(extract_operator(problem, S, reorder=reorder))
+    x = random_fields(problem, S)
+    ref = assembled(disc, x)
+    assert rel_err(op.raw(torch.from_numpy(x)).numpy(), ref) <= 1e-10
+    assert rel_err(op.raw(torch.from_numpy(x).float()).double().numpy(), ref) <= 1e-5
+    scaled = np.stack([disc.scaled_residual(f) for f in x]).reshape(ref.shape)
+    assert rel_err(op.scaled(torch.from_numpy(x)).numpy(), scaled) <= 1e-10
+    rel = op.relative(torch.from_numpy(x)).numpy()
+    assert np.allclose(rel, [disc.relative_residual(f) for f in x], rtol=1e-10)
+
+
+class CubicTestForm(Problem):
+    """Degree-3 polynomial test form: (1 + u^2) grad u . grad v + a u u_x v - a v."""
+
+    name = "cubic"
+    channels = ("a", "u")
+
+    def form(self, fields, v):
+        a, u = fields["a"], fields["u"]
+        return ((1 + u * u) * fd.inner(fd.grad(u), fd.grad(v)) + a * u * u.dx(0) * v - a * v) * fd.dx
+
+
+def test_degree_three_polynomial_form_equals_assemble():
+    S = 11
+    problem = CubicTestForm()
+    op = extract_operator(problem, S)
+    assert max(len(combo) for combo, _ in op["terms"]) == 3
+    operator = ResidualOperator(op)
+    disc = DiscreteProblem(problem, S)
+    x = random_fields(problem, S, seed=1)
+    ref = assembled(disc, x)
+    assert rel_err(operator.raw(torch.from_numpy(x)).numpy(), ref) <= 1e-10
+    assert rel_err(operator.raw(torch.from_numpy(x).float()).double().numpy(), ref) <= 1e-5
+
+
+class ExpForm(Problem):
+    name = "exp"
+    channels = ("a", "u")
+
+    def form(self, fields, v):
+        a, u = fields["a"], fields["u"]
+        return (a * fd.inner(fd.grad(u), fd.grad(v)) + fd.exp(u) * v) * fd.dx
+
+
+def test_unsupported_term_is_named():
+    with pytest.raises(PiddmError, match=r"unsupported term.*exp"):
+        extract_operator(ExpForm(), 5)
+
+
+def test_gradient_matches_finite_differences():
+    problem = get_problem("darcy")
+    op = ResidualOperator(extract_operator(problem, 6))
+    x = torch.from_numpy(random_fields(problem, 6)[:1]).requires_grad_()
+    assert torch.autograd.gradcheck(lambda y: op.loss(y), (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_matches_pyadjoint_through_fem_operator():
+    """d||R||^2/d(a, u) from torch equals Firedrake's adjoint gradient of the same functional.
+
+    On the grid, ||R||^2 = sum_interior (r_i/m_i)^2 + sum_boundary (u_i - g_i)^2. Its gradient at x
+    is that of the linear functional <F(x), w> with w = 2 r/m^2 frozen at x (interior rows), plus
+    2 (u - g) on the boundary; pyadjoint differentiates <F(x), w> = assemble(F[v := w])."""
+    from firedrake.adjoint import Control, ReducedFunctional, continue_annotation, pause_annotation
+    from firedrake.ml.pytorch import fem_operator, to_torch
+
+    S = 9
+    problem = get_problem("darcy")
+    disc = DiscreteProblem(problem, S)
+    op = ResidualOperator(extract_operator(problem, S))
+    x = random_fields(problem, S, seed=4)[0]
+    xt = torch.from_numpy(x[None]).requires_grad_()
+    (op.loss(xt).sum() * S * S).backward()  # loss is the mean square; undo the mean
+    grad_torch = xt.grad[0].numpy()
+
+    raw = disc.raw_residual(x)
+    weights = np.where(disc.bc_mask, 0.0, 2 * raw / disc.lumped_mass**2)
+    w = disc.gridmap.from_grid(weights)
+    continue_annotation()
+    try:
+        a = disc.gridmap.from_grid(x[0])
+        u = disc.gridmap.from_grid(x[1])
+        J = fd.assemble(fd.replace(problem.form({"a": a, "u": u}, disc.v), {disc.v: w}))
+        rf = ReducedFunctional(J, [Control(a), Control(u)])
+    finally:
+        pause_annotation()
+    G = fem_operator(rf)
+    a_t = to_torch(a).requires_grad_()
+    u_t = to_torch(u).requires_grad_()
+    G(a_t, u_t).backward()
+    grad_a = np.empty(S * S)
+    grad_a[disc.gridmap.index] = a_t.grad.numpy()
+    grad_u = np.empty(S * S)
+    grad_u[disc.gridmap.index] = u_t.grad.numpy()
+    grad_u += np.where(disc.bc_mask, 2 * (x[1].ravel() - disc.g_grid), 0.0)
+    # boundary rows of F do not enter ||R||^2: their test functions carry zero weight in w
+    assert np.allclose(grad_a, grad_torch[0].ravel(), rtol=1e-9, atol=1e-9 * np.abs(grad_torch).max())
+    assert np.allclose(grad_u, grad_torch[1].ravel(), rtol=1e-9, atol=1e-9 * np.abs(grad_torch).max())
+
+
+def test_ground_truth_is_at_solver_tolerance_and_noise_is_not(darcy_file):
+    op = ResidualOperator.from_file(darcy_file)
+    _, fields, _ = schema.read(darcy_file)
+    x = torch.from_numpy(fields)
+    clean = op.relative(x)
+    noisy = x.clone()
+    noisy[:, 1] *= 1 + 0.01 * torch.randn(noisy[:, 1].shape, generator=torch.Generator().manual_seed(0),
+                                         dtype=torch.float64)
+    assert clean.max() <= 1e-10
+    assert op.relative(noisy).min() >= 1e4 * clean.max()
+
+
+def test_wrong_shape_is_a_clear_error(darcy_file):
+    op = ResidualOperator.from_file(darcy_file)
+    with pytest.raises(PiddmError, match=r"expects \[B, 2, 17, 17\]"):
+        op.raw(torch.zeros(1, 2, 16, 16))
+
+
+def test_loader_works_when_firedrake_cannot_be_imported(darcy_file):
+    code = f"""
+import builtins, sys
+real_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name.split('.')[0] in ('firedrake', 'ufl', 'petsc4py', 'pyop2', 'tsfc'):
+        raise ImportError('blocked: ' + name)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded
+import torch
+from piddm_fem import schema
+from piddm_fem.residual import ResidualOperator
+op = ResidualOperator.from_file({str(darcy_file)!r})
+_, fields, _ = schema.read({str(darcy_file)!r})
+r = op.relative(torch.from_numpy(fields))
+assert 'firedrake' not in sys.modules
+print(float(r.max()))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) <= 1e-10

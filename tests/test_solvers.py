@@ -1,0 +1,107 @@
+"""Firedrake solves: manufactured-solution rates, data residual, grid maps, failure handling."""
+
+import firedrake as fd
+import numpy as np
+import pytest
+
+from piddm_fem import grid, schema
+from piddm_fem.errors import PiddmError
+from piddm_fem.solvers import get_problem, problem_names
+from piddm_fem.solvers.discrete import DiscreteProblem
+from piddm_fem.solvers.generate import sample_rng, solve_sample
+from piddm_fem.solvers.gridmap import GridMap, sample_on_grid
+
+
+def manufactured(name, x):
+    """Smooth coefficients and an exact solution vanishing on the boundary."""
+    u = fd.sin(fd.pi * x[0]) * fd.sin(fd.pi * x[1]) * (1 + x[0] * x[1])
+    coefficients = {"darcy": {"a": 2 + fd.sin(x[0]) * x[1]},
+                    "poisson": {"f": fd.cos(2 * x[0]) + x[1]},
+                    "helmholtz": {"f": fd.exp(x[0]) * x[1]}}[name]
+    return coefficients, u
+
+
+def mms_error(name, S):
+    """L2 error of the Q1 solution of F(u_h) = F(u_exact) (Galerkin projection of u_exact)."""
+    problem = get_problem(name)
+    mesh = problem.mesh(S)
+    V = problem.space(mesh)
+    x = fd.SpatialCoordinate(mesh)
+    coefficients, u_exact = manufactured(name, x)
+    u, v = fd.Function(V), fd.TestFunction(V)
+    F = problem.form({**coefficients, problem.unknown: u}, v) \
+        - problem.form({**coefficients, problem.unknown: u_exact}, v)
+    fd.solve(F == 0, u, bcs=fd.DirichletBC(V, 0, "on_boundary"), solver_parameters=problem.solver_parameters)
+    return fd.sqrt(fd.assemble((u - u_exact) ** 2 * fd.dx(degree=6)))
+
+
+@pytest.mark.parametrize("name", problem_names())
+def test_manufactured_solution_converges_at_second_order(name):
+    errors = [mms_error(name, S) for S in (9, 17, 33)]
+    rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(rates > 1.9) and np.all(rates < 2.2), rates
+
+
+@pytest.mark.parametrize("name", problem_names())
+def test_solved_sample_residual_is_at_solver_tolerance(name):
+    disc = DiscreteProblem(get_problem(name), 17)
+    fields, info = solve_sample(disc, seed=5, index=2)
+    assert fields is not None, info
+    assert info["residual_norm"] <= 1e-10
+    assert disc.relative_residual(fields) == pytest.approx(info["residual_norm"])
+    noisy = fields.copy()
+    u = disc.problem.channels.index(disc.problem.unknown)
+    noisy[u] *= 1 + 0.01 * sample_rng(0, 0).standard_normal(noisy[u].shape)
+    assert disc.relative_residual(noisy) > 1e3 * max(info["residual_norm"], 1e-14)
+
+
+def test_darcy_coefficient_is_binary_and_seeded():
+    problem = get_problem("darcy")
+    a1 = problem.sample_coefficients(33, sample_rng(7, 4))["a"]
+    a2 = problem.sample_coefficients(33, sample_rng(7, 4))["a"]
+    a3 = problem.sample_coefficients(33, sample_rng(7, 5))["a"]
+    assert set(np.unique(a1)) == {3.0, 12.0}
+    assert np.array_equal(a1, a2) and not np.array_equal(a1, a3)
+    assert 0.2 < (a1 == 12.0).mean() < 0.8
+
+
+@pytest.mark.parametrize("reorder", [True, False])
+def test_gridmap_matches_coordinates_on_reordered_meshes(reorder):
+    S = 9
+    mesh = get_problem("darcy").mesh(S, reorder=reorder)
+    V = fd.FunctionSpace(mesh, "Q", 1)
+    x = fd.SpatialCoordinate(mesh)
+    f = fd.Function(V).interpolate(x[0] + 10 * x[1])
+    gm = GridMap(V, S)
+    X, Y = grid.coordinates(S)
+    assert np.allclose(gm.to_grid(f), X + 10 * Y, atol=1e-14)
+    back = gm.from_grid(X * Y)
+    assert np.allclose(back.dat.data_ro, fd.Function(V).interpolate(x[0] * x[1]).dat.data_ro)
+
+
+def test_sample_on_grid_evaluates_other_spaces():
+    mesh = fd.UnitSquareMesh(5, 5)  # triangles, not the grid's mesh
+    x = fd.SpatialCoordinate(mesh)
+    f = fd.Function(fd.FunctionSpace(mesh, "CG", 2)).interpolate(x[0] ** 2 + x[1])
+    X, Y = grid.coordinates(9)
+    assert np.allclose(sample_on_grid(f, 9), X**2 + Y, atol=1e-12)
+
+
+def test_diverged_solve_is_recorded_as_failed(tmp_path):
+    from piddm_fem.solvers.generate import generate
+
+    problem = get_problem("darcy", a_high=0.0, a_low=0.0)  # singular operator
+    path = tmp_path / "bad.h5"
+    counts = generate(problem, 2, 9, 0, path, show_progress=False)
+    assert counts == {"ok": 0, "failed": 2, "solved_now": 2}
+    with __import__("h5py").File(path) as f:
+        assert (f["status"][:] == schema.STATUS_FAILED).all()
+        assert all(r for r in f["solver_info/reason"].asstr()[:])
+        assert np.isnan(f["fields"][:]).all()
+
+
+def test_unknown_problem_and_parameter():
+    with pytest.raises(PiddmError, match="unknown problem"):
+        get_problem("navier")
+    with pytest.raises(PiddmError, match="no parameter"):
+        get_problem("helmholtz", kk=2)
