@@ -1,0 +1,316 @@
+"""The diffusion teacher: EDM training on a dataset file and Heun ODE sampling in physical units.
+
+``train_teacher`` runs on one device, or on several under ``torchrun`` (DDP: nccl on CUDA, gloo
+on CPU; ``batch`` is the global batch, split evenly over the ranks). It writes OUT/last.pt at
+every validation and at the end (also on Ctrl-C) and OUT/best.pt whenever the EMA network's
+validation loss improves. ``load_teacher`` returns the EMA denoiser in normalised space, which is
+what ``sample_teacher`` and the distillation pair bank integrate.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from piddm_fem import checkpoint, schema
+from piddm_fem.data import (DEFAULT_FRACTIONS, FieldDataset, InfiniteSampler, Normalizer,
+                            compute_normalizer, open_dataset)
+from piddm_fem.edm import SIGMA_DATA, EDMLoss, EDMPrecond, heun_sample, noise_for_indices
+from piddm_fem.errors import PiddmError
+from piddm_fem.progress import progress_bar
+from piddm_fem.unet import UNet, UNetConfig, padding_for, preset
+
+ARCHITECTURE = ("size", "padding", "embedding")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings, stored in the checkpoint; ``--resume`` reuses them unless overridden."""
+
+    size: str = "tiny"
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    val_every: int = 500
+    val_samples: int = 256
+    seed: int = 0
+    split_seed: int = 0
+    fractions: tuple = DEFAULT_FRACTIONS
+    padding: str = "auto"
+    embedding: str = "positional"
+    workers: int = 0
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto -> cuda:<local_rank> when CUDA is available, else cpu."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise PiddmError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PiddmError("--device cuda but no CUDA device is visible; use --device cpu or auto")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+@contextmanager
+def distributed(device: str = "auto"):
+    """Yield (rank, world, device); joins a process group when torchrun set WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield 0, 1, resolve_device(device)
+        return
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owner = not dist.is_initialized()
+    if owner:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        yield rank, world, dev
+    finally:
+        if owner:
+            dist.destroy_process_group()
+
+
+def build_network(ckpt_config: dict) -> EDMPrecond:
+    """The preconditioned U-Net described by a checkpoint's ``config`` (untrained weights)."""
+    return EDMPrecond(UNet(UNetConfig.from_dict(ckpt_config["net"])), ckpt_config["sigma_data"])
+
+
+def _resolve_config(ckpt: dict | None, settings: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(settings) - known
+    if unknown:
+        raise TypeError(f"unknown training settings {sorted(unknown)}")
+    if ckpt is None:
+        return TrainConfig(**settings)
+    cfg = TrainConfig(**{**ckpt["config"]["train"], "fractions": tuple(ckpt["config"]["train"]["fractions"])})
+    for key in ARCHITECTURE + ("fractions", "split_seed"):
+        if key in settings and settings[key] != getattr(cfg, key):
+            raise PiddmError(f"--resume: {key}={settings[key]!r} differs from the checkpoint's "
+                             f"{getattr(cfg, key)!r}; drop the option or train into a new --out")
+    return replace(cfg, **settings)
+
+
+class TeacherTrainer:
+    """State of one training run on one rank: network, EMA, optimizer, data and step."""
+
+    def __init__(self, data_path, out_dir, settings: dict, device: torch.device,
+                 resume: bool = False, rank: int = 0, world: int = 1):
+        self.data_path, self.out_dir = Path(data_path), Path(out_dir)
+        self.device, self.rank, self.world = device, rank, world
+        last = self.out_dir / checkpoint.LAST
+        if resume and not last.exists():
+            raise PiddmError(f"nothing to resume: {last} does not exist; drop --resume to start afresh")
+        if not resume and last.exists():
+            raise PiddmError(f"{last} exists; pass --resume to continue it or choose another --out")
+        ckpt = checkpoint.load(last, kind="teacher") if resume else None
+        self.cfg = _resolve_config(ckpt, settings)
+        if self.cfg.batch % world:
+            raise PiddmError(f"--batch {self.cfg.batch} is not divisible by {world} processes; "
+                             "pick a multiple of the process count")
+        self.info, splits = open_dataset(data_path, self.cfg.fractions, self.cfg.split_seed)
+        if ckpt is not None:
+            checkpoint.check_compatible(ckpt, self.info, data_path)
+            self.normalizer = Normalizer.from_dict(ckpt["normalization"])
+            self.net_cfg = UNetConfig.from_dict(ckpt["config"]["net"])
+        else:
+            self.normalizer = compute_normalizer(data_path, splits["train"])
+            padding = padding_for(self.info.problem, self.cfg.padding)
+            self.net_cfg = replace(preset(self.cfg.size, len(self.info.channels), padding),
+                                   embedding=self.cfg.embedding)
+
+        torch.manual_seed(self.cfg.seed)
+        self.loss_fn = EDMLoss()
+        self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device)
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr,
+                                     weight_decay=self.cfg.weight_decay)
+        self.step, self.best_val = 0, float("inf")
+        if ckpt is not None:
+            self.net.load_state_dict(ckpt["model"])
+            self.ema.load_state_dict(ckpt["ema"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.step, self.best_val = int(ckpt["step"]), float(ckpt["best_val"])
+        self.model = (torch.nn.parallel.DistributedDataParallel(self.net) if world > 1 else self.net)
+
+        per_rank = self.cfg.batch // world
+        train = FieldDataset(data_path, splits["train"], self.normalizer)
+        sampler = InfiniteSampler(len(train), rank, world, self.cfg.seed, start=self.step * per_rank)
+        self.loader = torch.utils.data.DataLoader(
+            train, batch_size=per_rank, sampler=sampler, num_workers=self.cfg.workers,
+            pin_memory=device.type == "cuda", persistent_workers=self.cfg.workers > 0)
+        self.val = FieldDataset(data_path, splits["val"][: self.cfg.val_samples], self.normalizer)
+        self.gen = torch.Generator(device)
+
+    def checkpoint_dict(self) -> dict:
+        return {
+            "kind": "teacher",
+            "problem": self.info.problem,
+            "resolution": self.info.resolution,
+            "channels": list(self.info.channels),
+            "params": self.info.params,
+            "normalization": self.normalizer.to_dict(),
+            "config": {"net": self.net_cfg.to_dict(), "train": asdict(self.cfg),
+                       "sigma_data": self.net.sigma_data, "data": str(self.data_path)},
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "best_val": self.best_val,
+        }
+
+    def save(self, name: str = checkpoint.LAST) -> Path:
+        path = self.out_dir / name
+        checkpoint.save(path, self.checkpoint_dict())
+        return path
+
+    def train_step(self, x: torch.Tensor) -> float:
+        """One optimizer step on the normalised batch ``x``; returns its loss."""
+        x = x.to(self.device, non_blocking=True)
+        # Loss noise seeded per (seed, rank, step): a resumed run repeats an uninterrupted one.
+        seed = np.random.SeedSequence([self.cfg.seed, self.rank, self.step]).generate_state(1, np.uint64)
+        self.gen.manual_seed(int(seed[0]))
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / max(self.cfg.warmup, 1))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.loss_fn(self.model, x, generator=self.gen).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.net.parameters()):
+                e.lerp_(p, 1 - decay)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self, batch: int = 64) -> float | None:
+        """EDM loss of the EMA network on the validation split with fixed noise (comparable
+        between evaluations); None when the split is empty."""
+        if len(self.val) == 0:
+            return None
+        gen = torch.Generator(self.device).manual_seed(12345)
+        loader = torch.utils.data.DataLoader(self.val, batch_size=batch)
+        total = 0.0
+        for x in loader:
+            x = x.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                total += float(self.loss_fn(self.ema, x, generator=gen).mean(dim=(1, 2, 3)).sum())
+        return total / len(self.val)
+
+    def _checkpoint_round(self) -> float | None:
+        """Validate and write last.pt (and best.pt on improvement); rank 0 only."""
+        val = self.validate()
+        if val is not None and val < self.best_val:
+            self.best_val = val
+            self.save(checkpoint.BEST)
+        self.save(checkpoint.LAST)
+        return val
+
+    def run(self, steps: int, progress: bool = True) -> dict:
+        """Train until ``self.step == steps``; Ctrl-C saves last.pt and returns."""
+        lead = self.rank == 0
+        start_step, t0 = self.step, time.perf_counter()
+        loss_avg, val, interrupted = None, None, False
+        batches = iter(self.loader)
+        try:
+            with progress_bar(disable=not (progress and lead)) as bar:
+                task = bar.add_task("teacher", total=steps, completed=self.step, status="")
+                while self.step < steps:
+                    loss = self.train_step(next(batches))
+                    loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+                    if lead and (self.step % self.cfg.val_every == 0 or self.step == steps):
+                        val = self._checkpoint_round()
+                    rate = (self.step - start_step) / (time.perf_counter() - t0)
+                    val_text = "" if val is None else f" val={val:.4f}"
+                    bar.update(task, completed=self.step,
+                               status=f"loss={loss_avg:.4f}{val_text} {rate:.2f} it/s")
+        except KeyboardInterrupt:
+            interrupted = True
+            if lead:
+                self.save(checkpoint.LAST)
+        return {"step": self.step, "loss": loss_avg, "val": val, "best_val": self.best_val,
+                "seconds": time.perf_counter() - t0, "interrupted": interrupted,
+                "out": str(self.out_dir), "rank": self.rank}
+
+
+def train_teacher(data_path, out_dir, steps: int, batch: int | None = None, size: str | None = None,
+                  device: str = "auto", resume: bool = False, *, progress: bool = True,
+                  **settings) -> dict:
+    """Train (or with ``resume`` continue) a teacher until step ``steps``; returns run stats.
+
+    ``settings`` are ``TrainConfig`` fields (lr, val_every, ...); None means the default, or the
+    checkpoint's value when resuming. Architecture fields cannot change on resume."""
+    if steps < 1:
+        raise PiddmError(f"--steps {steps} must be >= 1")
+    given = {k: v for k, v in dict(settings, batch=batch, size=size).items() if v is not None}
+    with distributed(device) as (rank, world, dev):
+        trainer = TeacherTrainer(data_path, out_dir, given, dev, resume=resume, rank=rank, world=world)
+        return trainer.run(steps, progress=progress)
+
+
+def load_teacher(ckpt_or_dir, device="cpu") -> tuple[EDMPrecond, dict]:
+    """(EMA denoiser in normalised space, eval mode, no grad; checkpoint dict)."""
+    ckpt = checkpoint.load(ckpt_or_dir, kind="teacher")
+    net = build_network(ckpt["config"])
+    net.load_state_dict(ckpt["ema"])
+    return net.to(device).eval().requires_grad_(False), ckpt
+
+
+def teacher_pairs(net, ckpt: dict, seed: int, indices, num_steps: int = 18):
+    """(eps, x0, nfe) in normalised space for noise indices ``indices``: x0 = Heun ODE of eps."""
+    device = next(net.parameters()).device
+    shape = (len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"])
+    eps = noise_for_indices(seed, indices, shape, device=device)
+    x0, nfe = heun_sample(net, eps, num_steps)
+    return eps, x0, nfe
+
+
+def sample_teacher(ckpt_path, n: int, num_steps: int = 18, seed: int = 0, out_path=None,
+                   device: str = "auto", batch: int = 64, overwrite: bool = False,
+                   progress: bool = True) -> dict:
+    """Draw ``n`` samples (noise indices 0..n-1 of ``seed``), de-normalise them and, if
+    ``out_path`` is given, write them in the dataset schema with source="teacher"."""
+    if n < 1 or num_steps < 1 or batch < 1:
+        raise PiddmError(f"--n {n}, --steps {num_steps} and batch {batch} must all be >= 1")
+    if out_path is not None and Path(out_path).exists() and not overwrite:
+        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
+    dev = resolve_device(device)
+    net, ckpt = load_teacher(ckpt_path, dev)
+    normalizer = Normalizer.from_dict(ckpt["normalization"])
+    out = np.empty((n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"]))
+    t0 = time.perf_counter()
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task("sample", total=n, status="")
+        for start in range(0, n, batch):
+            idx = np.arange(start, min(n, start + batch))
+            _, x0, nfe = teacher_pairs(net, ckpt, seed, idx, num_steps)
+            out[idx] = normalizer.denormalize(x0.double()).cpu().numpy()
+            rate = (idx[-1] + 1) / (time.perf_counter() - t0)
+            bar.update(task, completed=idx[-1] + 1, status=f"{rate:.2f} samples/s")
+    seconds = time.perf_counter() - t0
+    stats = {"n": n, "num_steps": num_steps, "nfe": nfe, "seconds": seconds,
+             "seconds_per_sample": seconds / n, "device": str(dev), "out": out_path}
+    if out_path is not None:
+        info = schema.DatasetInfo(
+            problem=ckpt["problem"], channels=list(ckpt["channels"]), resolution=ckpt["resolution"],
+            n_samples=n, seed=seed, source="teacher", params=ckpt.get("params", {}),
+            solver_parameters={"sampler": "edm_heun", "num_steps": num_steps, "nfe": nfe,
+                               "checkpoint": str(checkpoint.resolve(ckpt_path)), "step": ckpt["step"]})
+        schema.write(out_path, info, out, overwrite=overwrite)
+    return stats
