@@ -7,6 +7,8 @@ Everything here works in *normalised* data space (per-channel zero mean, unit st
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from torch import nn
@@ -94,7 +96,7 @@ def heun_sample(net, eps: torch.Tensor, num_steps: int = 18, sigma_min: float = 
     t_steps = sigma_steps(num_steps, sigma_min, sigma_max, rho).to(eps.device)
     x = eps.to(torch.float64) * t_steps[0]
     nfe = 0
-    for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
+    for t_cur, t_next in itertools.pairwise(t_steps):
         d_cur = (x - net(x, t_cur).to(torch.float64)) / t_cur
         nfe += 1
         x_next = x + (t_next - t_cur) * d_cur

@@ -144,7 +144,10 @@ class TeacherTrainer:
             self.ema.load_state_dict(ckpt["ema"])
             self.opt.load_state_dict(ckpt["optimizer"])
             self.step, self.best_val = int(ckpt["step"]), float(ckpt["best_val"])
-        self.model = (torch.nn.parallel.DistributedDataParallel(self.net) if world > 1 else self.net)
+        self.model = self.net
+        if world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
 
         per_rank = self.cfg.batch // world
         train = FieldDataset(data_path, splits["train"], self.normalizer)

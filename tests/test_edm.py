@@ -146,7 +146,10 @@ def test_unet_circular_padding_is_translation_equivariant():
     """Shifts by a multiple of 2^(levels-1) commute with a circular network, not a zero-padded one."""
     torch.manual_seed(0)
     x, t = torch.randn(1, 2, 16, 16), torch.tensor([0.3])
-    shift = lambda z: torch.roll(z, shifts=(2, 4), dims=(-2, -1))  # noqa: E731
+
+    def shift(z):
+        return torch.roll(z, shifts=(2, 4), dims=(-2, -1))
+
     circ = _randomised(UNet(preset("tiny", 2, padding="circular")))
     torch.testing.assert_close(circ(shift(x), t), shift(circ(x, t)), atol=1e-4, rtol=1e-4)
     zero = _randomised(UNet(preset("tiny", 2, padding="zeros")))

@@ -78,7 +78,7 @@ def test_only_ok_samples_and_normalisation(data):
 
 
 def test_dataset_streams_through_worker_processes(data):
-    info, splits = open_dataset(data)
+    _, splits = open_dataset(data)
     ds = FieldDataset(data, splits["val"], compute_normalizer(data, splits["train"]))
     ds[0]  # an open h5py handle in the parent must not break the workers
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
@@ -115,7 +115,7 @@ def test_checkpoint_contents_and_loading(trained, data):
     assert ckpt["params"] == {"f": 1.0}
     assert ckpt["config"]["net"]["padding"] == "zeros" and ckpt["config"]["train"]["batch"] == 8
     assert {"model", "ema", "optimizer", "normalization", "best_val"} <= set(ckpt)
-    net, loaded = load_teacher(out / "last.pt")
+    net, _ = load_teacher(out / "last.pt")
     assert not any(p.requires_grad for p in net.parameters())
     for name, value in net.state_dict().items():
         torch.testing.assert_close(value, ckpt["ema"][name])
@@ -193,7 +193,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     checkpoint.save(tmp_path / "last.pt", {"step": 1})
 
     def crash(obj, f):
-        open(f, "wb").write(b"partial")
+        f.write_bytes(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
@@ -214,6 +214,7 @@ def test_sample_writes_physical_units_independent_of_batch(trained, tmp_path):
     assert info.solver_parameters["num_steps"] == 3 and (status == schema.STATUS_OK).all()
     net, ckpt = load_teacher(out)
     eps, x0, nfe = teacher_pairs(net, ckpt, 11, [4, 0], num_steps=3)
+    assert nfe == 5 and eps.shape == x0.shape == (2, 2, S, S)
     phys = Normalizer.from_dict(ckpt["normalization"]).denormalize(x0.double()).numpy()
     # equal up to float32 rounding, which differs with the batch composition
     np.testing.assert_allclose(fields[[4, 0]], phys, rtol=0, atol=1e-4 * np.abs(phys).max())

@@ -1,0 +1,66 @@
+"""Time per sample of the teacher's Heun sampler for N_s in {8, 18, 40} at batch 64.
+
+    python benchmarks/teacher_sampling.py [CKPT] [--size tiny|small|base --res 33] [--batch 64]
+
+With CKPT (a teacher checkpoint or training directory) the trained EMA network is timed, otherwise
+a freshly initialised network of ``--size`` on a 2-channel ``--res`` grid (the cost does not
+depend on the weights). Runs on the CPU and, when present, on CUDA. Not a test: numbers depend on
+the machine, so later issues compare the student against this script's output on the same one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from piddm_fem.edm import EDMPrecond, heun_sample, noise_for_indices
+from piddm_fem.teacher import load_teacher
+from piddm_fem.unet import UNet, preset
+
+
+def network(args, device):
+    """(net, (C, S, S), description) on ``device``."""
+    if args.ckpt:
+        net, ckpt = load_teacher(args.ckpt, device)
+        S = ckpt["resolution"]
+        return net, (len(ckpt["channels"]), S, S), f"{args.ckpt} ({ckpt['problem']}, step {ckpt['step']})"
+    net = EDMPrecond(UNet(preset(args.size, 2))).to(device).eval().requires_grad_(False)
+    return net, (2, args.res, args.res), f"fresh {args.size} net"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", nargs="?", help="teacher checkpoint or directory")
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    parser.add_argument("--res", type=int, default=33, help="grid size S of a fresh net")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, nargs="+", default=[8, 18, 40])
+    args = parser.parse_args()
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        net, shape, what = network(args, device)
+        params = sum(p.numel() for p in net.parameters()) / 1e6
+        threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+        print(f"{device.type}{threads}: {what}, {params:.2f}M parameters, grid {shape}, batch {args.batch}")
+        eps = noise_for_indices(0, range(args.batch), shape, device=device)
+        heun_sample(net, eps, num_steps=2)  # warm-up (allocator, kernels)
+        print(f"{'N_s':>5} {'NFE':>5} {'s/batch':>9} {'ms/sample':>10} {'samples/s':>10}")
+        for n_steps in args.steps:
+            sync(device)
+            t0 = time.perf_counter()
+            _, nfe = heun_sample(net, eps, num_steps=n_steps)
+            sync(device)
+            dt = time.perf_counter() - t0
+            print(f"{n_steps:>5} {nfe:>5} {dt:>9.3f} {dt / args.batch * 1e3:>10.2f} {args.batch / dt:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
