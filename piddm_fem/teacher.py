@@ -275,6 +275,15 @@ def load_teacher(ckpt_or_dir, device="cpu") -> tuple[EDMPrecond, dict]:
     return net.to(device).eval().requires_grad_(False), ckpt
 
 
+def dataset_splits(ckpt: dict, data_path):
+    """(info, {split: file indices}) of ``data_path`` split as the checkpoint's training run did;
+    raises unless the dataset matches the checkpoint's problem, grid and channels."""
+    train = ckpt["config"]["train"]
+    info, splits = open_dataset(data_path, train["fractions"], train["split_seed"])
+    checkpoint.check_compatible(ckpt, info, data_path)
+    return info, splits
+
+
 def teacher_pairs(net, ckpt: dict, seed: int, indices, num_steps: int = 18):
     """(eps, x0, nfe) in normalised space for noise indices ``indices``: x0 = Heun ODE of eps."""
     device = next(net.parameters()).device

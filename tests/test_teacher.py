@@ -11,7 +11,8 @@ from piddm_fem.cli.teacher import app
 from piddm_fem.data import (FieldDataset, InfiniteSampler, Normalizer, compute_normalizer,
                             open_dataset, split_indices)
 from piddm_fem.errors import PiddmError
-from piddm_fem.teacher import TeacherTrainer, load_teacher, sample_teacher, teacher_pairs, train_teacher
+from piddm_fem.teacher import (TeacherTrainer, dataset_splits, load_teacher, sample_teacher, teacher_pairs,
+                               train_teacher)
 
 torch.set_num_threads(1)
 S = 17
@@ -121,6 +122,11 @@ def test_checkpoint_contents_and_loading(trained, data):
         torch.testing.assert_close(value, ckpt["ema"][name])
     # a directory resolves to best.pt
     assert checkpoint.resolve(out) == out / "best.pt"
+    # the held-out split of the training run is recoverable from the checkpoint
+    _, splits = dataset_splits(ckpt, data)
+    _, again = open_dataset(data)
+    assert all(np.array_equal(splits[k], again[k]) for k in ("train", "val", "test"))
+    assert len(splits["test"]) == 3 and not set(splits["test"]) & set(splits["train"])
 
 
 def test_resume_continues_the_same_run(data, tmp_path):
@@ -166,6 +172,8 @@ def test_mismatched_problem_or_grid_is_an_error(trained, tmp_path):
     poisson = make_dataset(tmp_path / "poisson.h5", problem="poisson")
     with pytest.raises(PiddmError, match=r"trained on darcy S=17 but .*poisson\.h5 is poisson S=17"):
         train_teacher(poisson, out, steps=5, resume=True, device="cpu", progress=False)
+    with pytest.raises(PiddmError, match="use a checkpoint trained on this problem/grid"):
+        dataset_splits(checkpoint.load(out), poisson)
     ckpt = checkpoint.load(out)
     with pytest.raises(PiddmError, match=r"darcy S=17 but DATA\.h5 is darcy S=33"):
         checkpoint.check_compatible(ckpt, schema.DatasetInfo("darcy", ["a", "u"], 33, 1), "DATA.h5")
