@@ -7,7 +7,6 @@ and the time per solve split into assembly and linear solve (one rank).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -16,12 +15,10 @@ from pathlib import Path
 
 import firedrake as fd
 
-from piddm_fem.solvers import get_problem
+from piddm_fem.solvers import get_problem, mpiexec_env
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.generate import sample_rng
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
-       "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
 
 
 def run_generate(ranks: int, n: int, S: int, out: Path) -> float:
@@ -30,7 +27,7 @@ def run_generate(ranks: int, n: int, S: int, out: Path) -> float:
     cmd = ["mpiexec", "-n", str(ranks), piddm, "generate", "darcy", "-n", str(n), "--res", str(S),
            "--out", str(out), "--overwrite"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=ENV, capture_output=True)
+    subprocess.run(cmd, check=True, env=mpiexec_env(), capture_output=True)
     return time.perf_counter() - t0
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import click
 import numpy as np
 import typer
 from rich.console import Console
@@ -173,18 +172,34 @@ def export_operator(file: Path = typer.Argument(..., help="Dataset file to store
               f"in {file} ({time.perf_counter() - t0:.1f}s)")
 
 
+from piddm_fem.cli import bench as _bench  # noqa: E402
+from piddm_fem.cli import demo as _demo  # noqa: E402
+from piddm_fem.cli import student as _student  # noqa: E402
+from piddm_fem.cli import teacher as _teacher  # noqa: E402
+
+app.add_typer(_teacher.app, name="teacher")
+app.command()(_student.distill)
+app.command()(_student.sample)
+app.command()(_student.infer)
+app.command()(_demo.demo)
+app.command()(_bench.bench)
+
+
 def run() -> None:
     """Console entry point: one-line errors, exit codes 2 (bad input) and 130 (interrupted)."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help
     except PiddmError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         console.print("interrupted: finished work was saved; rerun with --resume to continue")
         sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click usage errors
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -63,6 +63,12 @@ make_venv() {
 
 pip_() { "$VENV/bin/python" -m pip "$@"; }
 
+# Keep the PETSc chain and torch where the set-up built them: nothing may upgrade them later.
+CONSTRAINTS=$VENV/constraints.txt
+write_constraints() {
+  printf 'petsc==%s\npetsc4py==%s\ntorch==%s\n' "$PETSC_VERSION" "$PETSC_VERSION" "$TORCH_VERSION" > "$CONSTRAINTS"
+}
+
 build_petsc() {
   PETSC_CONFIGURE_OPTIONS="$PETSC_CONFIGURE_OPTIONS" pip_ install -v "petsc==$PETSC_VERSION" \
     > "$VENV/petsc-build.log" 2>&1 || { tail -40 "$VENV/petsc-build.log"; exit 1; }
@@ -71,12 +77,19 @@ build_petsc4py() { pip_ install --no-build-isolation "petsc4py==$PETSC_VERSION";
 build_h5py() {
   HDF5_MPI=ON CC=mpicc HDF5_DIR=$HDF5_DIR_DEB pip_ install --no-build-isolation --no-binary h5py h5py
 }
-install_firedrake() { pip_ install "firedrake==$FIREDRAKE_VERSION"; }
-install_torch() { pip_ install "torch==$TORCH_VERSION"; }
-install_package() { pip_ install -e '.[test]'; }
+install_firedrake() {
+  # Without build isolation: an isolated build env would pull the newest PETSc 3.26.x sdist and
+  # compile it again (without our configure options). Its build requirements go in the venv.
+  pip_ install -c "$CONSTRAINTS" firedrake-rtree libsupermesh petsctools pybind11 rtree
+  pip_ install -c "$CONSTRAINTS" --no-build-isolation --no-deps "firedrake==$FIREDRAKE_VERSION"
+  pip_ install -c "$CONSTRAINTS" "firedrake==$FIREDRAKE_VERSION" vtk  # dependencies; vtk for .pvd
+}
+install_torch() { pip_ install -c "$CONSTRAINTS" "torch==$TORCH_VERSION"; }
+install_package() { pip_ install -c "$CONSTRAINTS" -e '.[test]'; }
 
 stage apt apt_packages
 stage venv make_venv
+write_constraints
 stage petsc build_petsc
 stage petsc4py build_petsc4py
 stage h5py build_h5py

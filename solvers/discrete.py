@@ -13,6 +13,7 @@ import time
 import firedrake as fd
 import numpy as np
 from firedrake.exceptions import ConvergenceError
+from firedrake.petsc import PETSc
 
 from piddm_fem.solvers.gridmap import GridMap
 
@@ -103,6 +104,10 @@ class DiscreteProblem:
                 reason = f"{reason}/{reason_name(snes.ksp.getConvergedReason(), snes.ksp)}"
         except ConvergenceError as exc:
             ok, reason = False, str(exc).splitlines()[0]
+        except PETSc.Error as exc:  # e.g. a singular matrix in MUMPS: rebuild the solver next time
+            self._solver = None
+            detail = [line for line in str(exc).splitlines() if "error" in line.lower()]
+            ok, reason = False, f"PETSc error: {(detail or [str(exc)])[-1].strip()[:200]}"
         info = {"iterations": int(snes.getLinearSolveIterations()), "time": time.perf_counter() - t0,
                 "reason": reason, "residual_norm": float("nan")}
         if not ok:

@@ -16,8 +16,7 @@ from piddm_fem.errors import PiddmError
 
 def dof_coordinates(V) -> np.ndarray:
     """[ndof, 2] coordinates of the (scalar, nodal) DOFs of V."""
-    element = V.ufl_element()
-    W = fd.VectorFunctionSpace(V.mesh(), element.family(), element.degree())
+    W = fd.VectorFunctionSpace(V.mesh(), V.ufl_element())
     return fd.Function(W).interpolate(fd.SpatialCoordinate(V.mesh())).dat.data_ro.copy()
 
 

@@ -5,7 +5,34 @@ os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
 
+import sys  # noqa: E402
+
+try:  # PETSc must not parse pytest's command line
+    import petsc4py
+
+    petsc4py.init(sys.argv[:1])
+except ImportError:
+    pass
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the `piddm` console entry point in-process: returns (exit code, stdout, stderr)."""
+    from piddm_fem.cli.main import run
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["piddm", *map(str, args)])
+        code = 0
+        try:
+            run()
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +44,25 @@ def darcy_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "darcy17.h5"
     generate(get_problem("darcy"), 6, 17, 3, path, show_progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(darcy_file, tmp_path_factory):
+    """A tiny EDM teacher trained for a few steps on the Darcy fixture (torch only)."""
+    from piddm_fem.teacher import train_teacher
+
+    out = tmp_path_factory.mktemp("teacher")
+    train_teacher(darcy_file, out, steps=4, batch=4, size="tiny", device="cpu", progress=False,
+                  val_every=2, val_samples=2, warmup=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student(darcy_file, tiny_teacher, tmp_path_factory):
+    """A student distilled from the tiny teacher for a few steps, with the residual penalty."""
+    from piddm_fem.student import distill
+
+    out = tmp_path_factory.mktemp("student")
+    distill(tiny_teacher, darcy_file, out, steps=4, device="cpu", progress=False, lambda_train=1e-3,
+            pairs=8, teacher_steps=2, batch=4, val_pairs=4, val_every=2, refresh=2)
+    return out

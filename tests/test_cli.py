@@ -10,21 +10,8 @@ import numpy as np
 import pytest
 
 from piddm_fem import schema
-from piddm_fem.cli.main import run
 
 PIDDM = os.path.join(os.path.dirname(sys.executable), "piddm")
-
-
-def call(monkeypatch, capsys, *args):
-    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["piddm", *map(str, args)])
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code, err, *words):
@@ -36,7 +23,7 @@ def assert_one_line_error(code, err, *words):
         assert word in err, err
 
 
-def test_bad_input_gives_one_line_errors(monkeypatch, capsys, tmp_path, darcy_file):
+def test_bad_input_gives_one_line_errors(cli, tmp_path, darcy_file):
     cases = [
         (("solve", "navier"), ("unknown problem", "darcy")),
         (("generate", "darcy", "-n", "2", "--res", "2", "--out", tmp_path / "x.h5"), ("S >= 3",)),
@@ -54,7 +41,7 @@ def test_bad_input_gives_one_line_errors(monkeypatch, capsys, tmp_path, darcy_fi
         dst.attrs["schema_version"] = 99
     cases.append((("validate", old), ("schema version 99",)))
     for args, words in cases:
-        code, _, err = call(monkeypatch, capsys, *args)
+        code, _, err = cli(*args)
         assert_one_line_error(code, err, *words)
 
 
@@ -65,23 +52,23 @@ def _write_raw(path, info, fields):
                         "resolution": info.resolution, "schema_version": schema.SCHEMA_VERSION})
 
 
-def test_nan_and_wrong_channel_count_are_rejected(monkeypatch, capsys, tmp_path, darcy_file):
+def test_nan_and_wrong_channel_count_are_rejected(cli, tmp_path, darcy_file):
     _, fields, _ = schema.read(darcy_file)
     bad = fields.copy()
     bad[2, 1, 3, 3] = np.nan
     info = schema.read_info(darcy_file)
     _write_raw(tmp_path / "nan.h5", info, bad)
-    code, _, err = call(monkeypatch, capsys, "validate", tmp_path / "nan.h5")
+    code, _, err = cli("validate", tmp_path / "nan.h5")
     assert_one_line_error(code, err, "NaN", "sample 2")
     info.channels = ["a", "u", "p"]
     _write_raw(tmp_path / "chan.h5", info, fields)
-    code, _, err = call(monkeypatch, capsys, "validate", tmp_path / "chan.h5")
+    code, _, err = cli("validate", tmp_path / "chan.h5")
     assert_one_line_error(code, err, "expected (N, 3, 17, 17)")
 
 
-def test_validate_reports_both_residuals_and_flags_perturbed_fields(monkeypatch, capsys, tmp_path, darcy_file):
+def test_validate_reports_both_residuals_and_flags_perturbed_fields(cli, tmp_path, darcy_file):
     report = tmp_path / "ok.json"
-    code, out, _ = call(monkeypatch, capsys, "validate", darcy_file, "--json", report, "--max-residual", "1e-10")
+    code, out, _ = cli("validate", darcy_file, "--json", report, "--max-residual", "1e-10")
     assert code == 0, out
     data = json.loads(report.read_text())
     assert data["passed"] and data["summary"]["n_ok"] == 6
@@ -92,15 +79,15 @@ def test_validate_reports_both_residuals_and_flags_perturbed_fields(monkeypatch,
     fields[:, 1] *= 1.0 + 0.01 * np.random.default_rng(0).standard_normal(fields[:, 1].shape)
     info.source = "perturbed"
     schema.write(tmp_path / "noisy.h5", info, fields)
-    code, _, err = call(monkeypatch, capsys, "validate", tmp_path / "noisy.h5", "--max-residual", "1e-6",
+    code, _, err = cli("validate", tmp_path / "noisy.h5", "--max-residual", "1e-6",
                         "--json", tmp_path / "noisy.json")
     assert code == 1
     data = json.loads((tmp_path / "noisy.json").read_text())
     assert not data["passed"] and data["summary"]["median"] > 1e-3
 
 
-def test_solve_writes_figure_and_vtk(monkeypatch, capsys, tmp_path):
-    code, out, err = call(monkeypatch, capsys, "solve", "poisson", "--res", "17", "--png",
+def test_solve_writes_figure_and_vtk(cli, tmp_path):
+    code, out, err = cli("solve", "poisson", "--res", "17", "--png",
                           tmp_path / "p.png", "--vtk", tmp_path / "vtk")
     assert code == 0, err
     assert "relative residual" in out

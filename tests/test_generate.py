@@ -11,7 +11,7 @@ import pytest
 from piddm_fem import schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.solvers import generate as generate_module
-from piddm_fem.solvers import get_problem
+from piddm_fem.solvers import get_problem, mpiexec_env
 from piddm_fem.solvers.generate import generate
 
 
@@ -69,6 +69,6 @@ def test_two_ranks_give_the_same_file(tmp_path, darcy_file):
     piddm = os.path.join(os.path.dirname(sys.executable), "piddm")
     cmd = ["mpiexec", "-n", "2", piddm, "generate", "darcy", "-n", "6", "--res", "17",
            "--seed", "3", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=mpiexec_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert np.array_equal(schema.read(out)[1], schema.read(darcy_file)[1])

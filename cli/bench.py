@@ -1,0 +1,28 @@
+"""`piddm bench`: run the benchmark scripts of the checkout (benchmarks/), which print ratios
+measured side by side in one run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from piddm_fem.errors import PiddmError
+
+BENCHMARKS = {"residual": "residual_throughput.py", "generate": "generate_throughput.py",
+              "sampling": "teacher_sampling.py"}
+
+
+def bench(which: str = typer.Argument("residual", help="residual | generate | sampling"),
+          args: list[str] = typer.Argument(None, help="Arguments passed to the script (after --).")):
+    """Run one benchmark script; e.g. `piddm bench residual -- --res 64`."""
+    if which not in BENCHMARKS:
+        raise PiddmError(f"unknown benchmark {which!r}; choose one of {', '.join(BENCHMARKS)}")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / BENCHMARKS[which]
+    if not script.exists():
+        raise PiddmError(f"{script} not found; benchmarks run from a source checkout (pip install -e .)")
+    code = subprocess.call([sys.executable, str(script), *(args or [])])
+    if code:
+        raise typer.Exit(code)

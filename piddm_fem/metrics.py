@@ -1,0 +1,54 @@
+"""Metrics shared by every comparison: residual, ensemble MMSE/SMSE, relative L2, Darcy error rate.
+
+All take physical-unit fields ``[N, C, S, S]`` (torch or numpy) and return numpy values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DARCY_THRESHOLD = 7.5  # between the coefficient values 3 and 12
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
+
+
+def residual(operator, x, batch: int = 256) -> np.ndarray:
+    """[N] relative weak-form residual (docs/residual.md), evaluated in float64 batches."""
+    x = torch.as_tensor(_np(x))
+    with torch.no_grad():
+        return np.concatenate([operator.relative(x[i:i + batch]).numpy() for i in range(0, len(x), batch)])
+
+
+def mmse_smse(generated, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel: MSE between the pointwise ensemble means, and between the pointwise stds."""
+    g, r = _np(generated), _np(reference)
+    mmse = ((g.mean(0) - r.mean(0)) ** 2).mean(axis=(1, 2))
+    smse = ((g.std(0) - r.std(0)) ** 2).mean(axis=(1, 2))
+    return mmse, smse
+
+
+def relative_l2(estimate, truth, channel: int) -> np.ndarray:
+    """[N] ||estimate - truth|| / ||truth|| of one channel."""
+    e, t = _np(estimate)[:, channel], _np(truth)[:, channel]
+    return np.linalg.norm((e - t).reshape(len(e), -1), axis=1) / np.linalg.norm(t.reshape(len(t), -1), axis=1)
+
+
+def binary_error_rate(estimate, truth, channel: int, threshold: float = DARCY_THRESHOLD) -> np.ndarray:
+    """[N] fraction of nodes whose thresholded coefficient ({3, 12} for Darcy) is wrong."""
+    e, t = _np(estimate)[:, channel] > threshold, _np(truth)[:, channel] > threshold
+    return (e != t).reshape(len(e), -1).mean(1)
+
+
+def high_fraction(x, channel: int, threshold: float = DARCY_THRESHOLD) -> float:
+    """Fraction of coefficient values above the threshold (near 12 for Darcy)."""
+    return float((_np(x)[:, channel] > threshold).mean())
+
+
+def summarize(values) -> dict:
+    """Median, mean, std, min and max of per-seed (or per-sample) values."""
+    v = np.asarray(values, float)
+    return {"median": float(np.median(v)), "mean": float(v.mean()), "std": float(v.std()),
+            "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}

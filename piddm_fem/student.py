@@ -1,0 +1,269 @@
+"""PIDDM student: a one-step generator G(eps) = D(sigma_max eps; sigma_max), distilled post hoc
+from the teacher's ODE pairs with the weak-form residual on its *final* sample (the paper's Eq. 8):
+
+    ||G(eps) - x0_T(eps)||^2 + lambda_train * ||R(denorm(G(eps)))||^2
+
+R is ``ResidualOperator.loss`` (mean square of the strong-form scaled residual, physical units).
+The penalty is never applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure
+distillation; ``ramp_steps`` > 0 raises lambda linearly from 0 over that many steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from piddm_fem import checkpoint, schema
+from piddm_fem.data import Normalizer
+from piddm_fem.edm import SIGMA_MAX, EDMPrecond, noise_for_indices
+from piddm_fem.errors import PiddmError
+from piddm_fem.pairs import PairBank
+from piddm_fem.progress import progress_bar
+from piddm_fem.residual import ResidualOperator
+from piddm_fem.teacher import build_network, load_teacher, resolve_device, teacher_pairs
+
+OPERATOR_FILE, PAIRS_FILE = "operator.h5", "pairs.h5"
+VAL_SEED_OFFSET = 1_000_003  # validation pairs use a noise stream the bank never draws from
+
+
+@dataclass
+class DistillConfig:
+    lambda_train: float = 1e-3
+    ramp_steps: int = 0
+    pairs: int = 1024
+    teacher_steps: int = 18
+    refresh: int = 250          # refresh part of the bank every this many steps (0: never)
+    refresh_fraction: float = 0.1
+    batch: int = 32
+    lr: float = 2e-4
+    grad_clip: float = 1.0
+    val_every: int = 250
+    val_pairs: int = 64
+    seed: int = 0
+
+
+class OneStepStudent(nn.Module):
+    """G(eps) = D_theta(sigma_max * eps; sigma_max) in normalised space: one network evaluation."""
+
+    def __init__(self, net: EDMPrecond, sigma_max: float = SIGMA_MAX):
+        super().__init__()
+        self.net, self.sigma_max = net, float(sigma_max)
+
+    def forward(self, eps: torch.Tensor) -> torch.Tensor:
+        return self.net(self.sigma_max * eps, self.sigma_max)
+
+
+class Distiller:
+    """One distillation run: student, optimizer, pair bank, residual operator and step."""
+
+    def __init__(self, teacher_dir, data_path, out_dir, settings: dict, device, resume: bool):
+        self.out_dir, self.device = Path(out_dir), device
+        self.teacher, self.teacher_ckpt = load_teacher(teacher_dir, device)
+        self.teacher_path = checkpoint.resolve(teacher_dir)
+        info = schema.read_info(data_path)
+        checkpoint.check_compatible(self.teacher_ckpt, info, data_path)
+        prev = None
+        if resume:
+            prev = checkpoint.load(self.out_dir / checkpoint.LAST, kind="student")
+            self.cfg = replace(DistillConfig(**prev["config"]["distill"]), **settings)
+        else:
+            if (self.out_dir / checkpoint.LAST).exists():
+                raise PiddmError(f"{self.out_dir} already holds a student; pass --resume to continue "
+                                 "it or choose another --out")
+            self.cfg = DistillConfig(**settings)
+            (self.out_dir / PAIRS_FILE).unlink(missing_ok=True)
+        self.operator = self._operator(data_path, info)
+        self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
+        self.student = OneStepStudent(copy.deepcopy(self.teacher).requires_grad_(True)).train()
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
+        self.step, self.best_val = 0, float("inf")
+        if prev is not None:
+            self.student.net.load_state_dict(prev["model"])
+            self.opt.load_state_dict(prev["optimizer"])
+            self.step, self.best_val = int(prev["step"]), float(prev["best_val"])
+        self.bank = PairBank(self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt,
+                             self.cfg.pairs, self.cfg.seed, self.cfg.teacher_steps)
+
+    def _operator(self, data_path, info) -> ResidualOperator:
+        """The dataset's residual operator, copied next to the student for later sampling."""
+        op = schema.read_operator(data_path)
+        if op is None:
+            raise PiddmError(f"{data_path} holds no residual operator; run `piddm export-operator {data_path}`")
+        if (op["problem"], op["resolution"]) != (info.problem, info.resolution):
+            raise PiddmError(f"{data_path}: its operator is for {op['problem']} S={op['resolution']}; "
+                             f"re-export it with `piddm export-operator {data_path}`")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        import h5py
+
+        tmp = self.out_dir / (OPERATOR_FILE + ".partial")
+        with h5py.File(tmp, "w") as f:
+            schema.write_operator(None, op, h5file=f)
+        tmp.replace(self.out_dir / OPERATOR_FILE)
+        return ResidualOperator(op).to(self.device)
+
+    def lam(self) -> float:
+        ramp = self.cfg.ramp_steps
+        return self.cfg.lambda_train * (1.0 if ramp <= 0 else min(1.0, self.step / ramp))
+
+    def losses(self, eps: torch.Tensor, x0: torch.Tensor):
+        """(regression [B], residual penalty [B]) of the student on a batch of pairs."""
+        pred = self.student(eps)
+        regression = (pred - x0).square().flatten(1).mean(1)
+        physics = self.operator.loss(self.normalizer.denormalize(pred))
+        return regression, physics
+
+    def checkpoint_dict(self) -> dict:
+        t = self.teacher_ckpt
+        weights = self.student.net.state_dict()
+        return {"kind": "student", "problem": t["problem"], "resolution": t["resolution"],
+                "channels": t["channels"], "params": t.get("params", {}),
+                "normalization": t["normalization"],
+                "config": {**t["config"], "distill": asdict(self.cfg)},
+                "teacher": {"path": str(self.teacher_path), "step": t["step"],
+                            "version": t.get("version")},
+                "model": weights, "ema": weights, "optimizer": self.opt.state_dict(),
+                "step": self.step, "best_val": self.best_val,
+                "pair_seconds": self.bank.generation_seconds}
+
+    def run(self, steps: int, progress: bool = True) -> dict:
+        cfg = self.cfg
+        self.bank.fill(progress)
+        t_val = time.perf_counter()
+        shape = tuple(self.bank.eps.shape[1:])
+        val_idx = np.arange(cfg.val_pairs)
+        val_eps, val_x0, _ = teacher_pairs(self.teacher, self.teacher_ckpt, cfg.seed + VAL_SEED_OFFSET,
+                                           val_idx, cfg.teacher_steps)
+        val_seconds = time.perf_counter() - t_val
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        t0, interrupted, stats = time.perf_counter(), False, {}
+        start = self.step
+        try:
+            with progress_bar(disable=not progress) as bar:
+                task = bar.add_task("distill", total=steps, completed=self.step, status="")
+                while self.step < steps:
+                    idx = torch.randint(len(self.bank), (cfg.batch,), generator=gen)
+                    eps, x0 = self.bank.eps[idx].to(self.device), self.bank.x0[idx].to(self.device)
+                    regression, physics = self.losses(eps, x0)
+                    loss = (regression + self.lam() * physics).mean()
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
+                    self.opt.step()
+                    self.step += 1
+                    if cfg.refresh and self.step % cfg.refresh == 0:
+                        self.bank.refresh(cfg.refresh_fraction, np.random.default_rng([cfg.seed, self.step]))
+                    if self.step % cfg.val_every == 0 or self.step == steps:
+                        stats = self.validate(val_eps.to(self.device), val_x0.to(self.device))
+                        self.save(checkpoint.LAST)
+                    rate = (self.step - start) / (time.perf_counter() - t0)
+                    bar.update(task, completed=self.step,
+                               status=f"mse={regression.mean():.2e} R={physics.mean():.2e} "
+                                      f"lam={self.lam():.1e} {rate:.1f} it/s")
+        except KeyboardInterrupt:
+            interrupted = True
+            self.save(checkpoint.LAST)
+        finally:
+            self.bank_seconds = self.bank.generation_seconds
+            self.bank.close()
+        return {"step": self.step, **stats, "seconds": time.perf_counter() - t0,
+                "pair_seconds": self.bank_seconds, "val_pair_seconds": val_seconds,
+                "interrupted": interrupted, "out": str(self.out_dir)}
+
+    @torch.no_grad()
+    def validate(self, eps, x0) -> dict:
+        self.student.eval()
+        regression, physics = self.losses(eps, x0)
+        self.student.train()
+        objective = float((regression + self.cfg.lambda_train * physics).mean())
+        if objective < self.best_val:
+            self.best_val = objective
+            self.save(checkpoint.BEST)
+        return {"val_regression": float(regression.mean()), "val_residual": float(physics.mean()),
+                "val_objective": objective}
+
+    def save(self, name: str) -> None:
+        checkpoint.save(self.out_dir / name, self.checkpoint_dict())
+
+
+def distill(teacher_dir, data_path, out_dir, steps: int, device: str = "auto", resume: bool = False,
+            progress: bool = True, **settings) -> dict:
+    """Distil (or with ``resume`` continue) a student until step ``steps``; returns run stats.
+
+    ``settings`` are DistillConfig fields; None leaves the default (or the checkpoint's value)."""
+    if steps < 1:
+        raise PiddmError(f"--steps {steps} must be >= 1")
+    settings = {k: v for k, v in settings.items() if v is not None}
+    unknown = set(settings) - {f.name for f in fields(DistillConfig)}
+    if unknown:
+        raise TypeError(f"unknown distillation settings {sorted(unknown)}")
+    distiller = Distiller(teacher_dir, data_path, out_dir, settings, resolve_device(device), resume)
+    return distiller.run(steps, progress)
+
+
+def load_student(student_dir, device="cpu"):
+    """(OneStepStudent in eval mode, checkpoint dict, Normalizer, ResidualOperator)."""
+    ckpt = checkpoint.load(student_dir, kind="student")
+    net = build_network(ckpt["config"])
+    net.load_state_dict(ckpt["ema"])
+    student = OneStepStudent(net.to(device)).eval()
+    op_path = checkpoint.resolve(student_dir).parent / OPERATOR_FILE
+    operator = ResidualOperator.from_file(op_path).to(device)
+    return student, ckpt, Normalizer.from_dict(ckpt["normalization"]), operator
+
+
+def student_noise(ckpt: dict, seed: int, indices, device="cpu") -> torch.Tensor:
+    shape = (len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"])
+    return noise_for_indices(seed, indices, shape, device=device)
+
+
+def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, lambda_infer: float = 1e-2,
+                   out_path=None, device: str = "auto", batch: int = 64, overwrite: bool = False) -> dict:
+    """PIDDM-1 samples (noise indices 0..n-1 of ``seed``), refined to PIDDM-ref when
+    ``refine_steps`` > 0, in physical units; written in the dataset schema when ``out_path`` is
+    given. Returns fields, the relative residual before/after refinement and timings."""
+    from piddm_fem.tasks import refine
+
+    if n < 1 or batch < 1 or refine_steps < 0:
+        raise PiddmError(f"--n {n} and --batch {batch} must be >= 1 and --refine {refine_steps} >= 0")
+    if out_path is not None and Path(out_path).exists() and not overwrite:
+        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
+    dev = resolve_device(device)
+    student, ckpt, normalizer, operator = load_student(student_dir, dev)
+    fields = np.empty((n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"]))
+    before, after = np.empty(n), np.empty(n)
+    t_sample = t_refine = 0.0
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(n, start + batch))
+        eps = student_noise(ckpt, seed, idx, dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x = normalizer.denormalize(student(eps))
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t_sample += time.perf_counter() - t0
+        with torch.no_grad():
+            before[idx] = operator.relative(x.double()).cpu().numpy()
+        if refine_steps:
+            t0 = time.perf_counter()
+            x = refine(student, normalizer, operator, eps, refine_steps, lambda_infer)["x"]
+            t_refine += time.perf_counter() - t0
+        with torch.no_grad():
+            after[idx] = operator.relative(x.double()).cpu().numpy()
+        fields[idx] = x.detach().double().cpu().numpy()
+    if out_path is not None:
+        info = schema.DatasetInfo(problem=ckpt["problem"], channels=list(ckpt["channels"]),
+                                  resolution=ckpt["resolution"], n_samples=n, seed=seed,
+                                  source="student-refined" if refine_steps else "student",
+                                  params=ckpt.get("params", {}),
+                                  solver_parameters={"refine": refine_steps, "lambda_infer": lambda_infer,
+                                                     "student_step": int(ckpt["step"])})
+        schema.write(out_path, info, fields, overwrite=overwrite)
+    return {"fields": fields, "residual_before": before, "residual_after": after,
+            "seconds_per_sample": (t_sample + t_refine) / n, "sample_seconds": t_sample,
+            "refine_seconds": t_refine, "device": str(dev)}

@@ -1,0 +1,133 @@
+"""PIDDM distillation, refinement and tasks on a tiny teacher (torch only, plus the fixture data)."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from piddm_fem import pairs as pairs_module
+from piddm_fem import schema
+from piddm_fem.errors import PiddmError
+from piddm_fem.pairs import PairBank
+from piddm_fem.student import Distiller, load_student, student_noise
+from piddm_fem.tasks import observation_mask, optimize_latent, refine
+from piddm_fem.teacher import load_teacher
+
+
+def make_distiller(tiny_teacher, darcy_file, tmp_path, lam):
+    return Distiller(tiny_teacher, darcy_file, tmp_path / f"s{lam}",
+                     {"lambda_train": lam, "pairs": 4, "teacher_steps": 2}, torch.device("cpu"), False)
+
+
+def batch(distiller, n=4):
+    eps = student_noise(distiller.teacher_ckpt, 5, np.arange(n))
+    x0 = torch.randn(eps.shape, generator=torch.Generator().manual_seed(1))
+    return eps, x0
+
+
+def grads(module):
+    return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+
+def test_lambda_zero_loss_is_plain_regression(tiny_teacher, darcy_file, tmp_path):
+    d = make_distiller(tiny_teacher, darcy_file, tmp_path, 0.0)
+    eps, x0 = batch(d)
+    regression, physics = d.losses(eps, x0)
+    loss = (regression + d.lam() * physics).mean()
+    plain = torch.nn.functional.mse_loss(d.student(eps), x0)
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+    loss.backward()
+    g_loss = grads(d.student).clone()
+    d.student.zero_grad()
+    torch.nn.functional.mse_loss(d.student(eps), x0).backward()
+    assert torch.allclose(g_loss, grads(d.student), rtol=1e-5, atol=1e-8)
+    d.bank.close()
+
+
+def test_residual_term_gradient_reaches_the_student(tiny_teacher, darcy_file, tmp_path):
+    d = make_distiller(tiny_teacher, darcy_file, tmp_path, 1.0)
+    eps, _ = batch(d)
+    _, physics = d.losses(eps, torch.zeros_like(eps))
+    physics.mean().backward()
+    g = grads(d.student)
+    assert torch.isfinite(g).all() and g.abs().max() > 0
+    # and it is the residual of the de-normalised one-step sample
+    with torch.no_grad():
+        x = d.normalizer.denormalize(d.student(eps))
+        assert torch.allclose(physics.detach(), d.operator.loss(x))
+    d.bank.close()
+
+
+def test_distilled_student_checkpoint_records_teacher_and_samples(tiny_student, tiny_teacher):
+    student, ckpt, normalizer, operator = load_student(tiny_student)
+    assert ckpt["kind"] == "student" and ckpt["step"] == 4
+    assert ckpt["teacher"]["step"] == load_teacher(tiny_teacher)[1]["step"]
+    assert ckpt["pair_seconds"] > 0
+    eps = student_noise(ckpt, 0, np.arange(3))
+    with torch.no_grad():
+        x = normalizer.denormalize(student(eps))
+    assert x.shape == (3, 2, 17, 17) and torch.isfinite(x).all()
+    with h5py.File(tiny_student / "pairs.h5") as f:  # the bank was refreshed with fresh noise
+        assert f["noise_index"][:].max() >= 8 and f["done"][:].all()
+
+
+def test_refinement_lowers_the_residual(tiny_student):
+    student, ckpt, normalizer, operator = load_student(tiny_student)
+    eps = student_noise(ckpt, 1, np.arange(4))
+    with torch.no_grad():
+        before = operator.relative(normalizer.denormalize(student(eps)).double())
+    after = refine(student, normalizer, operator, eps, steps=30, lambda_infer=1.0, lr=0.05)
+    assert after["relative_residual"].median() < 0.9 * before.median()
+
+
+def test_task_optimisation_lowers_the_masked_misfit(tiny_student, darcy_file):
+    student, ckpt, normalizer, operator = load_student(tiny_student)
+    _, truth, _ = schema.read(darcy_file, [0, 1])
+    truth = torch.from_numpy(truth).float()
+    mask = observation_mask("inverse", truth.shape, ckpt["channels"], operator.unknown, points=30)
+    assert mask[:, 1].sum() == 60 and mask[:, 0].sum() == 0
+    eps = student_noise(ckpt, 2, np.arange(2))
+    start = optimize_latent(student, normalizer, operator, truth, mask, eps, steps=0, lam=0.0)
+    end = optimize_latent(student, normalizer, operator, truth, mask, eps, steps=40, lam=0.0, lr=0.05)
+    assert end["misfit"].mean() < 0.7 * start["misfit"].mean()
+    # observed entries are returned exactly
+    assert torch.equal(end["x"][mask.bool()], truth[mask.bool()])
+
+
+def test_pair_bank_resumes_after_interruption(tiny_teacher, tmp_path, monkeypatch):
+    net, ckpt = load_teacher(tiny_teacher)
+    real, calls = pairs_module.teacher_pairs, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairs_module, "teacher_pairs", flaky)
+    bank = PairBank(tmp_path / "p.h5", net, ckpt, 8, 0, 2, batch=4)
+    with pytest.raises(KeyboardInterrupt):
+        bank.fill(progress=False)
+    bank.close()
+    monkeypatch.setattr(pairs_module, "teacher_pairs", real)
+    bank = PairBank(tmp_path / "p.h5", net, ckpt, 8, 0, 2, batch=4)
+    assert bank.file["done"][:].sum() == 4
+    bank.fill(progress=False)
+    fresh = PairBank(tmp_path / "q.h5", net, ckpt, 8, 0, 2, batch=8)
+    fresh.fill(progress=False)
+    assert torch.allclose(bank.x0, fresh.x0, atol=1e-5) and torch.equal(bank.eps, fresh.eps)
+    bank.close(), fresh.close()
+    with pytest.raises(PiddmError, match="another teacher, seed or size"):
+        PairBank(tmp_path / "p.h5", net, ckpt, 8, 1, 2)
+
+
+def test_student_against_another_problem_is_a_clear_error(cli, tiny_student, tmp_path):
+    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers.generate import generate
+
+    other = tmp_path / "poisson.h5"
+    generate(get_problem("poisson"), 1, 17, 0, other, show_progress=False)
+    code, _, err = cli("infer", tiny_student, "--task", "forward", "--data", other, "--index", "0",
+                       "--out", tmp_path / "r.h5")
+    assert code == 2 and "Traceback" not in err
+    assert "darcy S=17" in err and "poisson S=17" in err
