@@ -237,12 +237,14 @@ class TeacherTrainer:
                 while self.step < steps:
                     loss = self.train_step(next(batches))
                     loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
-                    if lead and (self.step % self.cfg.val_every == 0 or self.step == steps):
+                    validated = lead and (self.step % self.cfg.val_every == 0 or self.step == steps)
+                    if validated:
                         val = self._checkpoint_round()
                     rate = (self.step - start_step) / (time.perf_counter() - t0)
-                    val_text = "" if val is None else f" val={val:.4f}"
-                    bar.update(task, completed=self.step,
-                               status=f"loss={loss_avg:.4f}{val_text} {rate:.2f} it/s")
+                    status = f"loss={loss_avg:.4f}" + ("" if val is None else f" val={val:.4f}")
+                    bar.update(task, completed=self.step, status=f"{status} {rate:.2f} it/s")
+                    if validated and progress:  # one line per validation, also in log files
+                        bar.console.print(f"step {self.step}: {status} ({rate:.2f} it/s)")
         except KeyboardInterrupt:
             interrupted = True
             if lead:
