@@ -39,9 +39,9 @@ def train(data: Path = typer.Argument(..., help="Dataset HDF5 file (piddm genera
     loss = "n/a" if stats["loss"] is None else f"{stats['loss']:.4f}"
     out.print(f"step {stats['step']}: loss {loss}, val {val}, {stats['seconds']:.1f}s; "
               f"checkpoints in {stats['out']}")
-    if stats["interrupted"]:
-        out.print(f"interrupted: saved {out_dir / 'last.pt'}; rerun with --resume to continue")
-        raise typer.Exit(130)
+    if stats["interrupted"]:  # saved; the main CLI turns this into exit code 130
+        out.print(f"saved {out_dir / 'last.pt'} at step {stats['step']}")
+        raise KeyboardInterrupt
 
 
 @app.command()
