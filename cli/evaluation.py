@@ -16,15 +16,6 @@ from piddm_fem import metrics, schema
 TASK_SETTINGS = {"forward": {}, "inverse": {}, "reconstruct": {"fraction": 0.1}}
 
 
-def test_split(data, teacher_dir):
-    """File indices of the teacher's held-out test split."""
-    from piddm_fem import checkpoint
-    from piddm_fem.data import open_dataset
-
-    train = checkpoint.load(teacher_dir, kind="teacher")["config"]["train"]
-    return open_dataset(data, tuple(train["fractions"]), train["split_seed"])[1]["test"]
-
-
 def fem_relative(data_info, fields) -> np.ndarray:
     """Firedrake's relative residual of every sample (the `piddm validate` number)."""
     from piddm_fem.solvers import get_problem
@@ -51,12 +42,13 @@ def evaluate(data, teacher_dir, students: dict, out_dir, *, n_eval=128, heun_ste
     """Sample every method, compare with the test split, run the tasks with the first student."""
     from piddm_fem.residual import ResidualOperator
     from piddm_fem.student import load_student, sample_student
+    from piddm_fem import checkpoint
     from piddm_fem.tasks import solve_task
-    from piddm_fem.teacher import sample_teacher
+    from piddm_fem.teacher import dataset_splits, sample_teacher
 
     out_dir = Path(out_dir)
-    info = schema.read_info(data)
-    test = test_split(data, teacher_dir)
+    info, splits = dataset_splits(checkpoint.load(teacher_dir, kind="teacher"), data)
+    test = splits["test"]
     _, reference, _ = schema.read(data, test)
     operator = ResidualOperator.from_file(data)
     channels = info.channels

@@ -107,7 +107,8 @@ def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = Fals
     tmp.unlink(missing_ok=True)
     f = _h5py().File(tmp, "w")
     n, c, s = info.n_samples, len(info.channels), info.resolution
-    f.create_dataset("fields", shape=(n, c, s, s), dtype="f8", chunks=(1, c, s, s), fillvalue=np.nan)
+    f.create_dataset("fields", shape=(n, c, s, s), dtype="f8", chunks=(1, c, s, s), fillvalue=np.nan,
+                     compression="gzip", compression_opts=4, shuffle=True)
     f.create_dataset("status", shape=(n,), dtype="i1", fillvalue=STATUS_PENDING)
     g = f.create_group("solver_info")
     g.create_dataset("iterations", shape=(n,), dtype="i8", fillvalue=-1)
