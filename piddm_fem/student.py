@@ -77,7 +77,6 @@ class Distiller:
                 raise PiddmError(f"{self.out_dir} already holds a student; pass --resume to continue "
                                  "it or choose another --out")
             self.cfg = DistillConfig(**settings)
-            (self.out_dir / PAIRS_FILE).unlink(missing_ok=True)
         self.operator = self._operator(data_path, info)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
         self.student = OneStepStudent(copy.deepcopy(self.teacher).requires_grad_(True)).train()
@@ -87,8 +86,15 @@ class Distiller:
             self.student.net.load_state_dict(prev["model"])
             self.opt.load_state_dict(prev["optimizer"])
             self.step, self.best_val = int(prev["step"]), float(prev["best_val"])
-        self.bank = PairBank(self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt,
-                             self.cfg.pairs, self.cfg.seed, self.cfg.teacher_steps)
+        bank_args = (self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt, self.cfg.pairs,
+                     self.cfg.seed, self.cfg.teacher_steps)
+        try:  # a bank of the same teacher, seed and size is reused (e.g. copied from another run)
+            self.bank = PairBank(*bank_args)
+        except PiddmError:
+            if resume:
+                raise
+            (self.out_dir / PAIRS_FILE).unlink()
+            self.bank = PairBank(*bank_args)
 
     def _operator(self, data_path, info) -> ResidualOperator:
         """The dataset's residual operator, copied next to the student for later sampling."""
