@@ -42,9 +42,10 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=33, help="grid size S of a fresh net")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 18, 40])
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cpu and/or cuda")
     args = parser.parse_args()
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device(d) for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     for device in devices:
         net, shape, what = network(args, device)
         params = sum(p.numel() for p in net.parameters()) / 1e6
@@ -53,13 +54,21 @@ def main() -> None:
         eps = noise_for_indices(0, range(args.batch), shape, device=device)
         heun_sample(net, eps, num_steps=2)  # warm-up (allocator, kernels)
         print(f"{'N_s':>5} {'NFE':>5} {'s/batch':>9} {'ms/sample':>10} {'samples/s':>10}")
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():  # the one-step student: the same network, evaluated once at sigma_max
+            net(eps * 80.0, 80.0)
+        sync(device)
+        one_step = time.perf_counter() - t0
+        print(f"{'1-step student':>15} {one_step / args.batch * 1e3:>10.2f} ms/sample")
         for n_steps in args.steps:
             sync(device)
             t0 = time.perf_counter()
             _, nfe = heun_sample(net, eps, num_steps=n_steps)
             sync(device)
             dt = time.perf_counter() - t0
-            print(f"{n_steps:>5} {nfe:>5} {dt:>9.3f} {dt / args.batch * 1e3:>10.2f} {args.batch / dt:>10.1f}")
+            print(f"{n_steps:>5} {nfe:>5} {dt:>9.3f} {dt / args.batch * 1e3:>10.2f} {args.batch / dt:>10.1f}"
+                  f"   student speed-up {dt / one_step:6.1f}x")
 
 
 if __name__ == "__main__":
