@@ -95,21 +95,26 @@ def compute_normalizer(path, indices, chunk: int = 256) -> Normalizer:
     return Normalizer(mean, std)
 
 
+PRELOAD_BYTES = 1 << 30  # splits smaller than this are read into memory once (h5py reads per item are slow)
+
+
 class FieldDataset(torch.utils.data.Dataset):
-    """Normalised float32 samples [C, S, S] at the given file indices, read lazily from disk."""
+    """Normalised float32 samples [C, S, S] at the given file indices, read lazily from disk;
+    a split under PRELOAD_BYTES is read once, in one call, at first access."""
 
     def __init__(self, path, indices, normalizer: Normalizer):
         self.path = Path(path)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.normalizer = normalizer
         self._file = None
+        self._cache = None
 
     def __len__(self) -> int:
         return int(self.indices.size)
 
     def __getstate__(self):
         # h5py handles cannot cross process boundaries: each worker reopens the file.
-        return {**self.__dict__, "_file": None}
+        return {**self.__dict__, "_file": None, "_cache": None}
 
     def _fields(self):
         if self._file is None:
@@ -117,7 +122,15 @@ class FieldDataset(torch.utils.data.Dataset):
         return self._file["fields"]
 
     def __getitem__(self, k: int) -> torch.Tensor:
-        x = torch.from_numpy(self._fields()[int(self.indices[k])])
+        fields = self._fields()
+        if self._cache is None and fields[0].nbytes * self.indices.size < PRELOAD_BYTES:
+            order = np.argsort(self.indices)
+            cache = np.empty((self.indices.size, *fields.shape[1:]))
+            cache[order] = fields[self.indices[order]]
+            self._cache = self.normalizer.normalize(torch.from_numpy(cache)).to(torch.float32)
+        if self._cache is not None:
+            return self._cache[k]
+        x = torch.from_numpy(fields[int(self.indices[k])])
         return self.normalizer.normalize(x).to(torch.float32)
 
 
