@@ -141,7 +141,6 @@ class Distiller:
         cfg = self.cfg
         self.bank.fill(progress)
         t_val = time.perf_counter()
-        shape = tuple(self.bank.eps.shape[1:])
         val_idx = np.arange(cfg.val_pairs)
         val_eps, val_x0, _ = teacher_pairs(self.teacher, self.teacher_ckpt, cfg.seed + VAL_SEED_OFFSET,
                                            val_idx, cfg.teacher_steps)
