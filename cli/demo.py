@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-out = Console()
+out = Console(soft_wrap=True)
 
 # The embedded default: small Darcy at S = 33 that runs in about 15 minutes on 2 CPU cores.
 DEFAULT = {"problem": "darcy", "res": 33, "n_samples": 1000, "seed": 0,

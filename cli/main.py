@@ -23,8 +23,8 @@ from piddm_fem.errors import PiddmError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Physics-informed distillation of diffusion models on Firedrake weak forms.")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def parse_params(items: list[str]) -> dict:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from piddm_fem.errors import PiddmError
 
-out = Console()
+out = Console(soft_wrap=True)
 
 
 def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory or checkpoint."),

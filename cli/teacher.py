@@ -10,7 +10,7 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train the EDM diffusion teacher on a dataset and sample it.")
-out = Console()
+out = Console(soft_wrap=True)
 
 
 @app.command()

