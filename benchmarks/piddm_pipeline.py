@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from piddm_fem.cli.evaluation import evaluate
-from piddm_fem.student import PAIRS_FILE, distill
+from piddm_fem.student import distill, share_pair_bank
 from piddm_fem.teacher import train_teacher
 
 
@@ -68,7 +67,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--distill-steps", type=int, default=400)
     p.add_argument("--distill-batch", type=int, default=32)
-    p.add_argument("--lambda-train", type=float, default=1e-3)
+    p.add_argument("--lambda-train", type=float, default=1e-2)
     p.add_argument("--pairs", type=int, default=512)
     p.add_argument("--heun-steps", type=int, default=18)
     p.add_argument("--n-eval", type=int, default=128)
@@ -96,9 +95,8 @@ def main() -> None:
         costs = {}
         for name, lam in (("PIDDM-1", args.lambda_train), ("lambda=0", 0.0)):
             d = students[name]
-            if name == "lambda=0" and (students["PIDDM-1"] / PAIRS_FILE).exists():
-                d.mkdir(parents=True, exist_ok=True)  # same teacher and seed: share the bank
-                shutil.copy(students["PIDDM-1"] / PAIRS_FILE, d / PAIRS_FILE)
+            if name == "lambda=0":
+                share_pair_bank(students["PIDDM-1"], d)
             t0 = time.perf_counter()
             stats = distill(teacher, args.data, d, args.distill_steps, device=args.device, progress=False,
                             lambda_train=lam, seed=seed, pairs=args.pairs, teacher_steps=args.heun_steps,

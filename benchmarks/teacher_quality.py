@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 
 from piddm_fem import checkpoint, metrics, schema
 from piddm_fem.cli.evaluation import fem_relative

@@ -18,10 +18,10 @@ out = Console(soft_wrap=True)
 
 # The embedded default: small Darcy at S = 33 that runs in about 15 minutes on 2 CPU cores.
 DEFAULT = {"problem": "darcy", "res": 33, "n_samples": 1000, "seed": 0,
-           "teacher_steps": 3000, "teacher_size": "tiny", "teacher_batch": 32,
-           "heun_steps": 18, "pairs": 512, "distill_steps": 800, "lambda_train": 1e-3,
-           "n_eval": 128, "refine_steps": 40, "lambda_infer": 1e-2,
-           "task_problems": 8, "restarts": 4, "task_steps": 150, "task_lambda": 1e-3}
+           "teacher_steps": 1000, "teacher_size": "tiny", "teacher_batch": 32,
+           "heun_steps": 18, "pairs": 256, "distill_steps": 250, "lambda_train": 1e-2,
+           "n_eval": 64, "refine_steps": 40, "lambda_infer": 1e-2,
+           "task_problems": 8, "restarts": 4, "task_steps": 100, "task_lambda": 1e-3}
 QUICK = {**DEFAULT, "res": 17, "n_samples": 40, "teacher_steps": 20, "heun_steps": 4, "pairs": 16,
          "distill_steps": 10, "n_eval": 8, "refine_steps": 3, "task_problems": 2, "restarts": 2,
          "task_steps": 3}
@@ -51,7 +51,8 @@ def demo(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output di
     stage("generate", data, lambda: _generate(cfg, data))
     stage("teacher", teacher_dir / "done", lambda: _teacher(cfg, data, teacher_dir, device))
     stage("distill", student_dir / "done", lambda: _distill(cfg, data, teacher_dir, student_dir, device, cfg["lambda_train"]))
-    stage("distill lambda=0", ablation_dir / "done", lambda: _distill(cfg, data, teacher_dir, ablation_dir, device, 0.0))
+    stage("distill lambda=0", ablation_dir / "done", lambda: _distill(cfg, data, teacher_dir, ablation_dir, device, 0.0,
+                                                                      pairs_from=student_dir))
     stage("evaluate", out_dir / "results.json",
           lambda: _evaluate(cfg, data, teacher_dir, student_dir, ablation_dir, out_dir, device))
     from piddm_fem.cli.report import write_report
@@ -81,9 +82,11 @@ def _teacher(cfg, data, teacher_dir, device):
     (teacher_dir / "done").write_text(json.dumps(stats))
 
 
-def _distill(cfg, data, teacher_dir, student_dir, device, lam):
-    from piddm_fem.student import distill
+def _distill(cfg, data, teacher_dir, student_dir, device, lam, pairs_from=None):
+    from piddm_fem.student import distill, share_pair_bank
 
+    if pairs_from is not None:
+        share_pair_bank(pairs_from, student_dir)
     stats = distill(teacher_dir, data, student_dir, cfg["distill_steps"], device=device,
                     resume=(student_dir / "last.pt").exists(), lambda_train=lam, pairs=cfg["pairs"],
                     teacher_steps=cfg["heun_steps"], val_every=max(1, cfg["distill_steps"] // 4),

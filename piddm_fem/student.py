@@ -11,6 +11,7 @@ distillation; ``ramp_steps`` > 0 raises lambda linearly from 0 over that many st
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ VAL_SEED_OFFSET = 1_000_003  # validation pairs use a noise stream the bank neve
 
 @dataclass
 class DistillConfig:
-    lambda_train: float = 1e-3
+    lambda_train: float = 1e-2
     ramp_steps: int = 0
     pairs: int = 1024
     teacher_steps: int = 18
@@ -209,6 +210,15 @@ def distill(teacher_dir, data_path, out_dir, steps: int, device: str = "auto", r
         raise TypeError(f"unknown distillation settings {sorted(unknown)}")
     distiller = Distiller(teacher_dir, data_path, out_dir, settings, resolve_device(device), resume)
     return distiller.run(steps, progress)
+
+
+def share_pair_bank(src_dir, dst_dir) -> None:
+    """Copy a finished run's pair bank into a new run of the same teacher and seed (e.g. the
+    lambda_train = 0 ablation), so that the teacher is not integrated twice for the same pairs."""
+    src, dst = Path(src_dir) / PAIRS_FILE, Path(dst_dir) / PAIRS_FILE
+    if src.exists() and not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
 
 
 def load_student(student_dir, device="cpu"):
