@@ -9,6 +9,7 @@ it finished.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -185,8 +186,13 @@ app.command()(_demo.demo)
 app.command()(_bench.bench)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (schedulers, kill) saves like Ctrl-C
+
+
 def run() -> None:
     """Console entry point: one-line errors, exit codes 2 (bad input) and 130 (interrupted)."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help
     except PiddmError as exc:
