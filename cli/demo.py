@@ -31,7 +31,12 @@ def demo(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output di
          quick: bool = typer.Option(False, "--quick", help="A seconds-long smoke run of every stage."),
          device: str = typer.Option("auto", "--device")):
     """Run the embedded default end to end and write OUT/report.md with figures."""
+    import os
+
+    import torch
+
     cfg = QUICK if quick else DEFAULT
+    torch.set_num_threads(os.cpu_count() or 1)  # the learning stages use every core (OMP is 1 for PETSc)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
