@@ -82,6 +82,7 @@ def write_report(out_dir, cfg: dict, results: dict, timings: dict) -> Path:
     lines += ["", f"![tasks]({results['figures']['tasks']})", "", "## Cost (seconds on this machine)", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines += [f"| total | {sum(timings.values()):.0f} |"]
     lines += ["", "## What this shows, honestly", "",
               "- The dataset is exact to solver tolerance (FEM residual ~1e-13) and the torch operator "
               "reproduces Firedrake's residual on every sample.",
@@ -90,7 +91,7 @@ def write_report(out_dir, cfg: dict, results: dict, timings: dict) -> Path:
               "- Compare PIDDM-1 with the lambda = 0 row: the difference is the effect of the residual "
               "penalty on the final one-step sample; PIDDM-ref shows what optimising eps adds.",
               "- Numbers at this scale are a smoke test of the pipeline, not the paper's benchmark; "
-              "see the issues' closing notes for the longer CPU and GPU runs.", ""]
+              "docs/results.md has the longer CPU run and the H200 run over three seeds.", ""]
     path = out_dir / "report.md"
     tmp = path.with_name("report.md.tmp")
     tmp.write_text("\n".join(lines))
