@@ -47,7 +47,7 @@ def evaluate(data, teacher_dir, students: dict, out_dir, *, n_eval=128, heun_ste
     from piddm_fem.student import load_student, sample_student
     from piddm_fem import checkpoint
     from piddm_fem.tasks import solve_task
-    from piddm_fem.teacher import dataset_splits, sample_teacher
+    from piddm_fem.teacher import dataset_splits, resolve_device, sample_teacher
 
     out_dir = Path(out_dir)
     info, splits = dataset_splits(checkpoint.load(teacher_dir, kind="teacher"), data)
@@ -80,7 +80,7 @@ def evaluate(data, teacher_dir, students: dict, out_dir, *, n_eval=128, heun_ste
             results["methods"].append(method_row(f"PIDDM-ref ({refine_steps} steps)", r["fields"], reference,
                                                  operator, info, r["seconds_per_sample"], channels, fem))
     first = next(iter(students.values()))
-    student, ckpt, normalizer, op = load_student(first, _device(device))
+    student, ckpt, normalizer, op = load_student(first, resolve_device(device))
     idx = test[:task_problems]
     _, truth, _ = schema.read(data, idx)
     results["tasks"] = {}
@@ -97,8 +97,3 @@ def evaluate(data, teacher_dir, students: dict, out_dir, *, n_eval=128, heun_ste
     results["figures"] = figures(out_dir, samples, reference, truth, task_outputs, operator, channels)
     return results
 
-
-def _device(name):
-    from piddm_fem.teacher import resolve_device
-
-    return resolve_device(name)

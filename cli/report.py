@@ -30,7 +30,7 @@ def figures(out_dir, samples: dict, reference, truth, tasks: dict, operator, cha
     panels = []
     unknown = operator.unknown
     for task, r in tasks.items():
-        c = unknown if task == "forward" else (1 - unknown if task == "inverse" else unknown)
+        c = 1 - unknown if task == "inverse" else unknown  # the channel the task recovers
         name = channels[c]
         est, std = r["mean"][0], r["std"][0]
         panels += [(f"{task}: true {name}", truth[0, c]), (f"{task}: estimate {name}", est[c]),

@@ -21,7 +21,7 @@ import torch
 from piddm_fem import schema
 from piddm_fem.errors import PiddmError
 
-_LETTERS = "jklm"
+_LETTERS = "jkl"  # einsum indices of the (at most 3) field factors
 
 
 class ResidualOperator(torch.nn.Module):
@@ -39,7 +39,7 @@ class ResidualOperator(torch.nn.Module):
         self.register_buffer("bc_values", torch.as_tensor(op["bc_values"], dtype=torch.float64))
         self.term_channels = []
         for n, (combo, tensor) in enumerate(op["terms"]):
-            if len(combo) > len(_LETTERS) - 1:
+            if len(combo) > len(_LETTERS):
                 raise PiddmError(f"operator term of degree {len(combo)} exceeds the supported 3")
             self.register_buffer(f"term{n}", torch.as_tensor(tensor, dtype=torch.float64))
             self.term_channels.append(tuple(combo))

@@ -13,6 +13,8 @@ one batch: the objective is a sum over the batch.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -104,8 +106,6 @@ def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.n
     Returns the ensemble mean and std [N, C, S, S], the mask, per-problem errors of the mean
     (relative L2 per channel, relative residual, and the thresholded error rate of a Darcy
     coefficient) and the seconds spent."""
-    import time
-
     from piddm_fem import metrics
     from piddm_fem.edm import noise_for_indices
 
