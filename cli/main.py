@@ -51,24 +51,44 @@ def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz")
           seed: int = typer.Option(0, help="Seed of the coefficient draw (sample 0 of this seed)."),
           vtk: Optional[Path] = typer.Option(None, help="Directory for a ParaView .pvd file."),
           png: Optional[Path] = typer.Option(None, help="PNG figure of the fields."),
+          solver: str = typer.Option("direct", "--solver", help="direct (MUMPS LU) | krylov (CG or GMRES + GAMG)."),
+          warm_start: Optional[Path] = typer.Option(
+              None, "--warm-start", help="Student run directory: also solve from its prediction and compare."),
+          warm_steps: int = typer.Option(0, "--warm-steps", help="Forward-task steps of the warm start (0: one student call)."),
           param: list[str] = ParamOption):
-    """One Firedrake solve: timing, residual, optional figure and VTK output."""
+    """One Firedrake solve: timing, residual, optional figure and VTK output; with --warm-start,
+    the same sample solved cold (u = 0) and from the student's prediction."""
     from piddm_fem import grid
     from piddm_fem.solvers import get_problem
     from piddm_fem.solvers.discrete import DiscreteProblem
-    from piddm_fem.solvers.generate import solve_sample
+    from piddm_fem.solvers.generate import sample_rng
 
     S = grid.check_resolution(res)
     prob = get_problem(problem, **parse_params(param))
+    prob.parameters_for(solver)  # an unknown --solver fails before any work
+    surrogate = None
+    if warm_start is not None:
+        from piddm_fem.solvers.surrogate import Surrogate
+
+        surrogate = Surrogate.load(warm_start)
+        surrogate.check_matches(prob, S)
     t0 = time.perf_counter()
-    disc = DiscreteProblem(prob, S)
+    disc = DiscreteProblem(prob, S) if surrogate is None else surrogate.disc
     setup = time.perf_counter() - t0
-    fields, info = solve_sample(disc, seed, 0)
-    if fields is None:
-        raise PiddmError(f"{problem} solve diverged ({info['reason']}); check the parameters")
-    out.print(f"{problem} S={S}: setup {setup:.2f}s, solve {info['time']:.3f}s, "
-              f"{info['iterations']} linear iterations, {info['reason']}, "
-              f"relative residual {info['residual_norm']:.2e}")
+    coefficients = prob.sample_coefficients(S, sample_rng(seed, 0))
+    starts = [("cold", None, 0.0)]
+    if surrogate is not None:
+        t0 = time.perf_counter()
+        guess = surrogate.predict(coefficients, steps=warm_steps)
+        starts.append(("warm", guess, time.perf_counter() - t0))
+    for label, guess, student_seconds in starts:
+        fields, info = disc.solve(coefficients, initial_guess=guess, solver=solver)
+        if fields is None:
+            raise PiddmError(f"{problem} {label} solve diverged ({info['reason']}); check the parameters")
+        extra = f" + student {student_seconds:.3f}s" if label == "warm" else ""
+        out.print(f"{problem} S={S} {solver} {label}: setup {setup:.2f}s, solve {info['time']:.3f}s{extra}, "
+                  f"{info['newton_iterations']} Newton / {info['iterations']} linear iterations, "
+                  f"{info['reason']}, relative residual {info['residual_norm']:.2e}")
     if vtk:
         import firedrake as fd
 

@@ -16,10 +16,11 @@ def _np(x) -> np.ndarray:
 
 
 def residual(operator, x, batch: int = 256) -> np.ndarray:
-    """[N] relative weak-form residual (docs/residual.md), evaluated in float64 batches."""
-    x = torch.as_tensor(_np(x))
+    """[N] relative weak-form residual (docs/residual.md), evaluated in float64 batches on the
+    operator's device."""
+    x = torch.as_tensor(_np(x), device=operator.bc_mask.device)
     with torch.no_grad():
-        return np.concatenate([operator.relative(x[i:i + batch]).numpy() for i in range(0, len(x), batch)])
+        return np.concatenate([operator.relative(x[i:i + batch]).cpu().numpy() for i in range(0, len(x), batch)])
 
 
 def mmse_smse(generated, reference) -> tuple[np.ndarray, np.ndarray]:

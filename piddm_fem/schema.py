@@ -22,6 +22,8 @@ SCHEMA_VERSION = 1
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "failed"}
 DOMAIN = ((0.0, 1.0), (0.0, 1.0))
+BOUNDARY_TYPES = ("dirichlet", "periodic")
+DEFAULT_BOUNDARY = ("dirichlet", "dirichlet")  # per axis (x, y); files written before the attribute
 
 
 @dataclass
@@ -36,6 +38,7 @@ class DatasetInfo:
     source: str = "firedrake"
     params: dict = field(default_factory=dict)
     solver_parameters: dict = field(default_factory=dict)
+    boundary: list[str] = field(default_factory=lambda: list(DEFAULT_BOUNDARY))
     version: str = __version__
     schema_version: int = SCHEMA_VERSION
 
@@ -81,6 +84,10 @@ def _info_from_attrs(path: Path, f) -> DatasetInfo:
             "regenerate the file with this version"
         )
     seed = attrs.get("seed", -1)
+    boundary = json.loads(attrs.get("boundary", json.dumps(DEFAULT_BOUNDARY)))
+    if len(boundary) != 2 or any(b not in BOUNDARY_TYPES for b in boundary):
+        raise PiddmError(f"{path}: boundary {boundary} is not two of {', '.join(BOUNDARY_TYPES)} "
+                         "(one per axis); regenerate the file with `piddm generate`")
     return DatasetInfo(
         problem=str(attrs["problem"]),
         channels=json.loads(attrs["channels"]),
@@ -90,6 +97,7 @@ def _info_from_attrs(path: Path, f) -> DatasetInfo:
         source=str(attrs.get("source", "unknown")),
         params=json.loads(attrs.get("params", "{}")),
         solver_parameters=json.loads(attrs.get("solver_parameters", "{}")),
+        boundary=list(boundary),
         version=str(attrs.get("version", "unknown")),
         schema_version=schema,
     )
@@ -118,7 +126,7 @@ def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = Fals
     attrs = asdict(info)
     attrs.pop("n_samples")
     attrs["seed"] = -1 if info.seed is None else info.seed
-    for key in ("channels", "params", "solver_parameters"):
+    for key in ("channels", "params", "solver_parameters", "boundary"):
         attrs[key] = json.dumps(attrs[key])
     attrs["domain"] = np.asarray(DOMAIN)
     attrs["grid"] = "fields[n, c, j, i] at x_i = i/(S-1), y_j = j/(S-1)"

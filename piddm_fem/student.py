@@ -228,6 +228,9 @@ def load_student(student_dir, device="cpu"):
     net.load_state_dict(ckpt["ema"])
     student = OneStepStudent(net.to(device)).eval()
     op_path = checkpoint.resolve(student_dir).parent / OPERATOR_FILE
+    if not op_path.is_file():
+        raise PiddmError(f"{op_path.parent} holds no {OPERATOR_FILE} beside the student; copy it from "
+                         "the distillation run directory (`piddm distill` writes it there)")
     operator = ResidualOperator.from_file(op_path).to(device)
     return student, ckpt, Normalizer.from_dict(ckpt["normalization"]), operator
 
@@ -239,17 +242,33 @@ def student_noise(ckpt: dict, seed: int, indices, device="cpu") -> torch.Tensor:
 
 def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, lambda_infer: float = 1e-2,
                    out_path=None, device: str = "auto", batch: int = 64, overwrite: bool = False) -> dict:
+    """`piddm sample`: ``sample_fields`` of the student in ``student_dir``, written in the
+    dataset schema when ``out_path`` is given."""
+    if out_path is not None and Path(out_path).exists() and not overwrite:
+        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
+    student, ckpt, normalizer, operator = load_student(student_dir, resolve_device(device))
+    stats = sample_fields(student, ckpt, normalizer, operator, n, seed, refine_steps, lambda_infer, batch)
+    if out_path is not None:
+        info = schema.DatasetInfo(problem=ckpt["problem"], channels=list(ckpt["channels"]),
+                                  resolution=ckpt["resolution"], n_samples=n, seed=seed,
+                                  source="student-refined" if refine_steps else "student",
+                                  params=ckpt.get("params", {}),
+                                  solver_parameters={"refine": refine_steps, "lambda_infer": lambda_infer,
+                                                     "student_step": int(ckpt["step"])})
+        schema.write(out_path, info, stats["fields"], overwrite=overwrite)
+    return stats
+
+
+def sample_fields(student, ckpt: dict, normalizer, operator, n: int, seed: int = 0, refine_steps: int = 0,
+                  lambda_infer: float = 1e-2, batch: int = 64) -> dict:
     """PIDDM-1 samples (noise indices 0..n-1 of ``seed``), refined to PIDDM-ref when
-    ``refine_steps`` > 0, in physical units; written in the dataset schema when ``out_path`` is
-    given. Returns fields, the relative residual before/after refinement and timings."""
+    ``refine_steps`` > 0, in physical units [n, C, S, S]. Returns the fields, the relative
+    residual before/after refinement and timings."""
     from piddm_fem.tasks import refine
 
     if n < 1 or batch < 1 or refine_steps < 0:
         raise PiddmError(f"--n {n} and --batch {batch} must be >= 1 and --refine {refine_steps} >= 0")
-    if out_path is not None and Path(out_path).exists() and not overwrite:
-        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
-    dev = resolve_device(device)
-    student, ckpt, normalizer, operator = load_student(student_dir, dev)
+    dev = next(student.parameters()).device
     fields = np.empty((n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"]))
     before, after = np.empty(n), np.empty(n)
     t_sample = t_refine = 0.0
@@ -271,14 +290,6 @@ def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, la
         with torch.no_grad():
             after[idx] = operator.relative(x.double()).cpu().numpy()
         fields[idx] = x.detach().double().cpu().numpy()
-    if out_path is not None:
-        info = schema.DatasetInfo(problem=ckpt["problem"], channels=list(ckpt["channels"]),
-                                  resolution=ckpt["resolution"], n_samples=n, seed=seed,
-                                  source="student-refined" if refine_steps else "student",
-                                  params=ckpt.get("params", {}),
-                                  solver_parameters={"refine": refine_steps, "lambda_infer": lambda_infer,
-                                                     "student_step": int(ckpt["step"])})
-        schema.write(out_path, info, fields, overwrite=overwrite)
     return {"fields": fields, "residual_before": before, "residual_after": after,
             "seconds_per_sample": (t_sample + t_refine) / n, "sample_seconds": t_sample,
             "refine_seconds": t_refine, "device": str(dev)}

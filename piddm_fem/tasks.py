@@ -65,7 +65,6 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
     opt = torch.optim.Adam([eps], lr=lr)
     d = eps[0].numel()
     count = mask.flatten(1).sum(1).clamp(min=1.0)
-    student.requires_grad_(False)
 
     def evaluate():
         pred = student(eps)
@@ -78,8 +77,7 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
     for step in range(steps):
         misfit, physics, shell, _ = evaluate()
         loss = (misfit + lam * physics + prior * shell).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        eps.grad, = torch.autograd.grad(loss, [eps])  # the student's weights are left alone
         opt.step()
         if callback is not None:
             callback(step + 1, float(misfit.mean()), float(physics.mean()))
@@ -97,6 +95,44 @@ def refine(student, normalizer, operator, eps: torch.Tensor, steps: int, lambda_
                            lam=lambda_infer, prior=prior, lr=lr, callback=callback)
 
 
+def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 200, lam: float = 1e-3,
+                 restarts: int = 4, seed: int = 0, prior: float = 1.0, lr: float = 0.05) -> dict:
+    """Algorithm 3 for N problems: ``observed`` and ``mask`` [N, C, S, S] (physical units; the
+    unobserved entries of ``observed`` are ignored), ``restarts`` eps per problem (noise indices
+    0..restarts-1 of ``seed``). With ``steps`` > 0 the estimate is the ensemble mean over the restarts (std
+    beside it); with ``steps`` = 0 it is one student call on the restart whose output fits the
+    observations best (std over the restarts still reported). Observed entries are returned
+    exactly. Returns {"mean", "std" (torch float64 [N, C, S, S], CPU), "seconds"}."""
+    from piddm_fem.edm import noise_for_indices
+
+    if restarts < 1 or steps < 0:
+        raise PiddmError(f"--restarts {restarts} must be >= 1 and --steps {steps} >= 0")
+    observed = torch.as_tensor(observed, dtype=torch.float64)
+    mask = torch.as_tensor(mask, dtype=torch.float64)
+    N, C, S, _ = observed.shape
+    device = next(student.parameters()).device
+    # every problem starts from restarts 0..R-1 of the seed: a problem's answer does not depend on
+    # the others in the batch
+    eps = noise_for_indices(seed, np.tile(np.arange(restarts), N), (C, S, S), device=device)
+    t0 = time.perf_counter()
+    result = optimize_latent(student, normalizer, operator, observed.float().repeat_interleave(restarts, 0),
+                             mask.float().repeat_interleave(restarts, 0), eps, steps=steps, lam=lam,
+                             prior=prior, lr=lr)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    x = result["x"].double().cpu().reshape(N, restarts, C, S, S)
+    if steps:
+        estimate = x.mean(1)
+    else:
+        best = result["misfit"].reshape(N, restarts).argmin(1).cpu()
+        estimate = x[torch.arange(N), best]
+    observed_mask = mask.bool()
+    mean = torch.where(observed_mask, observed, estimate)
+    std = torch.where(observed_mask, 0.0, x.std(1, unbiased=False))
+    return {"mean": mean, "std": std, "seconds": seconds}
+
+
 def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.ndarray, *,
                points: int | None = None, fraction: float | None = None, steps: int = 200,
                lam: float = 1e-3, restarts: int = 4, seed: int = 0, prior: float = 1.0,
@@ -107,29 +143,16 @@ def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.n
     (relative L2 per channel, relative residual, and the thresholded error rate of a Darcy
     coefficient) and the seconds spent."""
     from piddm_fem import metrics
-    from piddm_fem.edm import noise_for_indices
 
-    if restarts < 1 or steps < 0:
-        raise PiddmError(f"--restarts {restarts} must be >= 1 and --steps {steps} >= 0")
-    N, C, S, _ = truth.shape
     channels = list(ckpt["channels"])
     mask = observation_mask(task, truth.shape, channels, operator.unknown, points=points,
                             fraction=fraction, seed=seed)
-    device = next(student.parameters()).device
-    observed = torch.as_tensor(truth, dtype=torch.float32).repeat_interleave(restarts, 0)
-    eps = noise_for_indices(seed, np.arange(N * restarts), (C, S, S), device=device)
-    t0 = time.perf_counter()
-    result = optimize_latent(student, normalizer, operator, observed, mask.repeat_interleave(restarts, 0),
-                             eps, steps=steps, lam=lam, prior=prior, lr=lr)
-    seconds = time.perf_counter() - t0
-    x = result["x"].double().cpu().reshape(N, restarts, C, S, S)
-    observed_mask = mask.bool()
-    mean = torch.where(observed_mask, torch.as_tensor(truth, dtype=torch.float64), x.mean(1))  # exact data
-    std = torch.where(observed_mask, 0.0, x.std(1, unbiased=False))
+    result = infer_masked(student, normalizer, operator, truth, mask, steps=steps, lam=lam,
+                          restarts=restarts, seed=seed, prior=prior, lr=lr)
+    mean = result["mean"]
     errors = {f"rel_l2_{name}": metrics.relative_l2(mean, truth, c) for c, name in enumerate(channels)}
-    errors["residual"] = metrics.residual(operator.cpu(), mean)
-    operator.to(device)
+    errors["residual"] = metrics.residual(operator, mean)
     if ckpt["problem"] == "darcy":
         errors["error_rate_a"] = metrics.binary_error_rate(mean, truth, channels.index("a"))
-    return {"mean": mean.numpy(), "std": std.numpy(), "mask": mask.numpy(), "errors": errors,
-            "seconds": seconds}
+    return {"mean": mean.numpy(), "std": result["std"].numpy(), "mask": mask.numpy(), "errors": errors,
+            "seconds": result["seconds"]}

@@ -128,7 +128,7 @@ class TeacherTrainer:
             self.net_cfg = UNetConfig.from_dict(ckpt["config"]["net"])
         else:
             self.normalizer = compute_normalizer(data_path, splits["train"])
-            padding = padding_for(self.info.problem, self.cfg.padding)
+            padding = padding_for(self.info.boundary, self.cfg.padding)
             self.net_cfg = replace(preset(self.cfg.size, len(self.info.channels), padding),
                                    embedding=self.cfg.embedding)
 

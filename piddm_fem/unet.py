@@ -8,7 +8,7 @@ Grids of any size S (the dataset grids include the boundary, so S = n + 1 is oft
 are padded internally to the next multiple of 2^(levels - 1) and cropped back. Padding, both for
 that and for every 3x3 convolution, follows ``padding``:
 
-- ``"zeros"``: for Dirichlet problems (darcy, poisson, helmholtz); the domain edge is a real
+- ``"zeros"``: for Dirichlet boundaries (the dataset's ``boundary`` attribute); the domain edge is a real
   boundary and the network sees zeros beyond it.
 - ``"circular"``: for periodic problems, whose grids should then have S a multiple of
   2^(levels - 1) with no duplicated end node, so that the wrap-around is the true period.
@@ -25,18 +25,18 @@ from torch import nn
 
 from piddm_fem.errors import PiddmError
 
-PADDING = {"darcy": "zeros", "poisson": "zeros", "helmholtz": "zeros"}
-
-
-def padding_for(problem: str, padding: str = "auto") -> str:
-    """The padding to use: ``padding`` itself, or for "auto" the entry of ``PADDING``."""
+def padding_for(boundary, padding: str = "auto") -> str:
+    """The padding to use: ``padding`` itself, or for "auto" the one that the dataset's boundary
+    types (one per axis, ``DatasetInfo.boundary``) call for."""
     if padding in ("zeros", "circular"):
         return padding
     if padding != "auto":
         raise PiddmError(f"unknown padding {padding!r}; use auto, zeros or circular")
-    if problem not in PADDING:
-        raise PiddmError(f"no default padding for problem {problem!r}; pass --padding zeros or circular")
-    return PADDING[problem]
+    if all(b == "periodic" for b in boundary):
+        return "circular"
+    if all(b == "dirichlet" for b in boundary):
+        return "zeros"
+    raise PiddmError(f"no single padding fits boundaries {list(boundary)}; pass --padding zeros or circular")
 
 
 @dataclass

@@ -18,6 +18,9 @@ from firedrake.petsc import PETSc
 from piddm_fem.solvers.gridmap import GridMap
 
 
+STOP_RTOL = 1e-12  # every solve stops at ||F(u_k)|| <= STOP_RTOL * ||F(0)|| (see DiscreteProblem.solve)
+
+
 def reason_name(reason: int, owner) -> str:
     """PETSc's name for a converged/diverged reason code (SNES or KSP)."""
     names = {v: k for k, v in vars(owner.ConvergedReason).items() if isinstance(v, int)}
@@ -48,7 +51,7 @@ class DiscreteProblem:
         self.g_grid = self.gridmap.to_grid(self.g).ravel()
         mass = fd.assemble(self.v * fd.dx)
         self.lumped_mass = self.gridmap.to_grid(mass).ravel()
-        self._solver = None
+        self._solvers = {}
 
     # -- grid <-> Functions -------------------------------------------------------------------
     def set_fields(self, fields: np.ndarray) -> None:
@@ -60,12 +63,17 @@ class DiscreteProblem:
         return np.stack([self.gridmap.to_grid(self.fields[n]) for n in self.problem.channels])
 
     # -- residual ------------------------------------------------------------------------------
+    def _assembled_residual(self) -> np.ndarray:
+        """assemble(F) of the current Functions on the grid [S*S], Dirichlet rows u - g: the
+        vector whose norm PETSc's SNES monitors."""
+        r = self.gridmap.to_grid(fd.assemble(self.F)).ravel()
+        u = self.gridmap.to_grid(self.fields[self.problem.unknown]).ravel()
+        return np.where(self.bc_mask, u - self.g_grid, r)
+
     def raw_residual(self, fields: np.ndarray) -> np.ndarray:
         """assemble(F) on the grid [S*S], Dirichlet rows replaced by u - g."""
         self.set_fields(fields)
-        r = self.gridmap.to_grid(fd.assemble(self.F)).ravel()
-        u = np.asarray(fields[self.problem.channels.index(self.problem.unknown)]).ravel()
-        return np.where(self.bc_mask, u - self.g_grid, r)
+        return self._assembled_residual()
 
     def scaled_residual(self, fields: np.ndarray) -> np.ndarray:
         r = self.raw_residual(fields)
@@ -78,26 +86,47 @@ class DiscreteProblem:
         return relative_norm(s, self.scaled_residual(load))
 
     # -- solve ---------------------------------------------------------------------------------
-    @property
-    def solver(self):
-        if self._solver is None:
+    def solver(self, kind: str = "direct"):
+        """The (cached) NonlinearVariationalSolver for ``kind``: "direct" or "krylov"."""
+        if kind not in self._solvers:
+            params = self.problem.parameters_for(kind)
             u = self.fields[self.problem.unknown]
             vp = fd.NonlinearVariationalProblem(self.F, u, bcs=self.bc)
-            self._solver = fd.NonlinearVariationalSolver(
-                vp, solver_parameters=self.problem.solver_parameters,
-                options_prefix=f"piddm_{self.problem.name}_")
-        return self._solver
+            self._solvers[kind] = fd.NonlinearVariationalSolver(
+                vp, solver_parameters=params, options_prefix=f"piddm_{self.problem.name}_{kind}_")
+        return self._solvers[kind]
 
-    def solve(self, coefficients: dict[str, np.ndarray], tol: float = 1e-8):
-        """Solve for the unknown given coefficient grids: (fields [C, S, S] or None, info)."""
+    def solve(self, coefficients: dict[str, np.ndarray], initial_guess=None, solver: str = "direct",
+              tol: float = 1e-8, rtol: float = STOP_RTOL):
+        """Solve for the unknown given coefficient grids: (fields [C, S, S] or None, info).
+
+        ``initial_guess`` (a grid [S, S] or a Function) is where Newton or the Krylov method
+        starts; None starts from u = 0. Every solver stops when ||F(u_k)|| <= rtol ||F(0)||, the
+        residual of the load (Dirichlet rows u - g, l2 norm): relative to ||b||, not to the
+        initial residual, so a better start can stop earlier. A sample is kept only when its
+        relative residual (docs/residual.md) is <= ``tol``. ``info`` holds the Newton and linear
+        iterations, the seconds, PETSc's reason and the relative residual."""
         for name in self.problem.coefficients:
             self.gridmap.from_grid(coefficients[name], self.fields[name])
         u = self.fields[self.problem.unknown]
         u.assign(0.0)
+        b_norm = float(np.linalg.norm(self._assembled_residual()))
+        if initial_guess is not None:
+            if isinstance(initial_guess, fd.Function) and initial_guess.function_space() == self.V:
+                u.assign(initial_guess)
+            elif isinstance(initial_guess, fd.Function):  # another mesh or space
+                u.assign(fd.assemble(fd.interpolate(initial_guess, self.V)))
+            else:
+                self.gridmap.from_grid(initial_guess, u)
         t0 = time.perf_counter()
-        snes = self.solver.snes
+        nvs = self.solver(solver)
+        snes = nvs.snes
+        atol = max(rtol * b_norm, np.finfo(float).tiny)
+        snes.setTolerances(rtol=0.0, atol=atol, stol=0.0)
+        if self.problem.linear and solver == "krylov":
+            snes.ksp.setTolerances(rtol=0.0, atol=atol)
         try:
-            self.solver.solve()
+            nvs.solve()
             reason = reason_name(snes.getConvergedReason(), snes)
             ok = snes.getConvergedReason() > 0 and snes.ksp.getConvergedReason() >= 0
             if not ok:
@@ -105,10 +134,12 @@ class DiscreteProblem:
         except ConvergenceError as exc:
             ok, reason = False, str(exc).splitlines()[0]
         except PETSc.Error as exc:  # e.g. a singular matrix in MUMPS: rebuild the solver next time
-            self._solver = None
+            self._solvers.pop(solver, None)
             detail = [line for line in str(exc).splitlines() if "error" in line.lower()]
             ok, reason = False, f"PETSc error: {(detail or [str(exc)])[-1].strip()[:200]}"
-        info = {"iterations": int(snes.getLinearSolveIterations()), "time": time.perf_counter() - t0,
+        info = {"iterations": int(snes.getLinearSolveIterations()),
+                "newton_iterations": int(snes.getIterationNumber()),
+                "time": time.perf_counter() - t0, "solver": solver,
                 "reason": reason, "residual_norm": float("nan")}
         if not ok:
             return None, info

@@ -33,7 +33,8 @@ def solve_sample(disc: DiscreteProblem, seed: int, index: int):
 def dataset_info(problem, n_samples: int, S: int, seed: int) -> schema.DatasetInfo:
     return schema.DatasetInfo(problem=problem.name, channels=list(problem.channels), resolution=S,
                               n_samples=n_samples, seed=seed, params=dict(problem.params),
-                              solver_parameters=problem.solver_parameters)
+                              solver_parameters=problem.solver_parameters,
+                              boundary=list(problem.boundary))
 
 
 def generate(problem, n_samples: int, S: int, seed: int, out, *, resume: bool = False,

@@ -10,6 +10,7 @@ class Helmholtz(Problem):
     name = "helmholtz"
     channels = ("f", "u")
     default_params = {"k": 1.0, "alpha": 2.0, "tau": 3.0}
+    spd = False  # indefinite once k^2 exceeds the first Dirichlet eigenvalue: GMRES, not CG
 
     def form(self, fields, v):
         f, u = fields["f"], fields["u"]

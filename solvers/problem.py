@@ -2,9 +2,9 @@
 
 A problem is a weak form F(u, coefficients; v) = 0 for one unknown grid channel on the unit
 square, discretised with Q1 on the structured quadrilateral mesh whose vertices are the grid. The
-form is any UFL expression in the fields; linear problems are solved in one Newton step with a
-direct solver, nonlinear ones (Burgers in space-time, p-Laplacian-like diffusion) with Newton line
-search – the same interface holds both (``linear = False`` and tighter SNES settings).
+form is any UFL expression in the fields; linear problems are solved in one linear solve, nonlinear
+ones (``linear = False``, e.g. reaction_diffusion) with Newton line search. Each has a "direct"
+(MUMPS LU) and a "krylov" (CG or GMRES + GAMG) recipe, defined once here.
 """
 
 from __future__ import annotations
@@ -23,13 +23,21 @@ LU = {
 NEWTON_LU = {
     "snes_type": "newtonls",
     "snes_linesearch_type": "bt",
-    "snes_rtol": 1e-12,
-    "snes_atol": 1e-13,
-    "snes_max_it": 50,
+    "snes_max_it": 50,  # tolerances: set per solve, relative to ||F(0)|| (DiscreteProblem.solve)
     "ksp_type": "preonly",
     "pc_type": "lu",
     "pc_factor_mat_solver_type": "mumps",
 }
+# Krylov with algebraic multigrid: CG for symmetric positive definite Jacobians, right-preconditioned
+# GMRES otherwise. Both monitor the true (unpreconditioned) residual, so that the stopping test of
+# DiscreteProblem.solve, ||F(u_k)|| <= rtol ||F(0)||, reads the same quantity for every start.
+# Inside Newton (nonlinear problems) the linear solves are inexact, to ksp_rtol 1e-6 of their own
+# right-hand side; a linear problem's single Krylov solve stops at the test of DiscreteProblem.solve.
+CG_GAMG = {"ksp_type": "cg", "pc_type": "gamg", "ksp_norm_type": "unpreconditioned",
+           "ksp_rtol": 1e-6, "ksp_max_it": 1000}
+GMRES_GAMG = {"ksp_type": "gmres", "pc_type": "gamg", "ksp_pc_side": "right", "ksp_rtol": 1e-6,
+              "ksp_max_it": 1000}
+SOLVERS = ("direct", "krylov")
 
 
 class Problem:
@@ -41,6 +49,8 @@ class Problem:
     unknown: str = "u"
     default_params: dict = {}
     linear: bool = True
+    spd: bool = True  # symmetric positive definite Jacobian: CG applies ("krylov" solver)
+    boundary: tuple[str, str] = ("dirichlet", "dirichlet")  # per axis (x, y), stored in datasets
 
     def __init__(self, **params):
         unknown = set(params) - set(self.default_params)
@@ -77,4 +87,17 @@ class Problem:
 
     @property
     def solver_parameters(self) -> dict:
-        return dict(LU if self.linear else NEWTON_LU)
+        """PETSc options of the dataset solves (the "direct" solver)."""
+        return self.parameters_for("direct")
+
+    def parameters_for(self, solver: str) -> dict:
+        """PETSc options for ``solver``: "direct" (MUMPS LU) or "krylov" (CG or GMRES + GAMG);
+        one linear solve for linear problems, Newton with line search for nonlinear ones."""
+        if solver not in SOLVERS:
+            raise PiddmError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        params = dict(LU if self.linear else NEWTON_LU)
+        if solver == "krylov":
+            for key in ("ksp_type", "pc_type", "pc_factor_mat_solver_type"):
+                params.pop(key)
+            params.update(CG_GAMG if self.spd else GMRES_GAMG)
+        return params

@@ -157,10 +157,11 @@ def test_unet_circular_padding_is_translation_equivariant():
 
 
 def test_padding_and_preset_choices():
-    assert padding_for("darcy") == "zeros" and padding_for("helmholtz") == "zeros"
-    assert padding_for("anything", "circular") == "circular"
+    assert padding_for(["dirichlet", "dirichlet"]) == "zeros"
+    assert padding_for(["periodic", "periodic"]) == "circular"
+    assert padding_for(["dirichlet", "dirichlet"], "circular") == "circular"
     with pytest.raises(PiddmError, match="--padding"):
-        padding_for("unknown_pde")
+        padding_for(["periodic", "dirichlet"])
     with pytest.raises(PiddmError, match="tiny"):
         preset("huge", 2)
 

@@ -17,7 +17,8 @@ def manufactured(name, x):
     u = fd.sin(fd.pi * x[0]) * fd.sin(fd.pi * x[1]) * (1 + x[0] * x[1])
     coefficients = {"darcy": {"a": 2 + fd.sin(x[0]) * x[1]},
                     "poisson": {"f": fd.cos(2 * x[0]) + x[1]},
-                    "helmholtz": {"f": fd.exp(x[0]) * x[1]}}[name]
+                    "helmholtz": {"f": fd.exp(x[0]) * x[1]},
+                    "reaction_diffusion": {"a": 2 + fd.sin(x[0]) * x[1]}}[name]
     return coefficients, u
 
 
@@ -105,3 +106,52 @@ def test_unknown_problem_and_parameter():
         get_problem("navier")
     with pytest.raises(PiddmError, match="no parameter"):
         get_problem("helmholtz", kk=2)
+
+
+def _solution_and_guess(name, solver, S=17, perturbation=0.01):
+    """A sample's coefficients, its solution and the solution with a smooth relative perturbation."""
+    disc = DiscreteProblem(get_problem(name), S)
+    coefficients = disc.problem.sample_coefficients(S, sample_rng(3, 1))
+    fields, info = disc.solve(coefficients, solver=solver)
+    assert fields is not None, info
+    X, Y = grid.coordinates(S)
+    u = fields[disc.problem.channels.index(disc.problem.unknown)]
+    return disc, coefficients, fields, info, u * (1 + perturbation * np.sin(3 * X + 2 * Y))
+
+
+def test_nonlinear_newton_needs_five_iterations_cold_and_fewer_warm():
+    disc, a, fields, cold, guess = _solution_and_guess("reaction_diffusion", "direct")
+    assert cold["newton_iterations"] >= 5, cold
+    assert cold["residual_norm"] <= 1e-10
+    u = fields[1]
+    assert 0.3 < u.max() < 3.0  # u of order one, where kappa u^3 matters
+    from_solution = disc.solve(a, initial_guess=u)[1]
+    assert from_solution["newton_iterations"] == 0, from_solution  # already at the stopping test
+    _, warm = disc.solve(a, initial_guess=guess)
+    assert 1 <= warm["newton_iterations"] <= cold["newton_iterations"] // 2, (cold, warm)
+    # a Function works as the initial guess too, on the same or another mesh
+    other = fd.FunctionSpace(fd.UnitSquareMesh(16, 16), "CG", 1)  # triangles with the grid's nodes
+    g = disc.gridmap.from_grid(guess)
+    assert disc.solve(a, initial_guess=g)[1]["newton_iterations"] == warm["newton_iterations"]
+    g_other = fd.Function(other).interpolate(fd.assemble(fd.interpolate(g, other)))
+    assert disc.solve(a, initial_guess=g_other)[1]["newton_iterations"] == warm["newton_iterations"]
+
+
+@pytest.mark.parametrize("name, ksp", [("darcy", "cg"), ("poisson", "cg"), ("helmholtz", "gmres"),
+                                       ("reaction_diffusion", "cg")])
+def test_krylov_solver_agrees_with_direct_and_stops_relative_to_the_load(name, ksp):
+    disc, coefficients, direct, _, guess = _solution_and_guess(name, "direct", S=33)
+    fields, cold = disc.solve(coefficients, solver="krylov")
+    assert disc.solver("krylov").snes.ksp.getType() == ksp
+    assert fields is not None, cold
+    u = disc.problem.channels.index(disc.problem.unknown)
+    assert np.abs(fields[u] - direct[u]).max() <= 1e-7 * np.abs(direct[u]).max()
+    _, warm = disc.solve(coefficients, initial_guess=guess, solver="krylov")
+    assert warm["iterations"] < cold["iterations"], (cold, warm)
+    _, exact = disc.solve(coefficients, initial_guess=direct[u], solver="krylov")
+    assert exact["iterations"] == 0, exact
+
+
+def test_unknown_solver_is_an_error():
+    with pytest.raises(PiddmError, match="unknown solver"):
+        get_problem("darcy").parameters_for("multigrid")
