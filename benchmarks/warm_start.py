@@ -36,6 +36,7 @@ def fmt(s: dict, digits: str = ".0f") -> str:
 def warm_start_rows(surrogate: Surrogate, solvers, n: int, steps: int, restarts: int) -> list[dict]:
     disc, problem = surrogate.disc, surrogate.problem
     draws = [problem.sample_coefficients(disc.S, sample_rng(HELD_OUT_SEED, i)) for i in range(n)]
+    surrogate.predict(draws[0])  # warm-up: the first call allocates and compiles
     guesses = {"zero": [(None, 0.0)] * n, "student": [], f"student+{steps}": []}
     for a in draws:
         for label, k in (("student", 0), (f"student+{steps}", steps)):

@@ -8,7 +8,10 @@ other examples import ``train_pipeline`` from here for their ``--quick`` student
 """
 
 import argparse
+import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
 import numpy as np
 

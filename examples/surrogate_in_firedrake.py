@@ -10,8 +10,11 @@ compared with the FEM solution of the same coefficient. Writes surrogate.pvd for
 """
 
 import argparse
+import os
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
 from piddm_fem.solvers.surrogate import Surrogate  # piddm first: PETSc must not parse our options
 

@@ -9,8 +9,11 @@ own time is printed beside the solve's.
 """
 
 import argparse
+import os
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
 from piddm_fem.solvers.discrete import STOP_RTOL  # piddm first: PETSc must not parse our options
 from piddm_fem.solvers.generate import sample_rng
@@ -35,6 +38,7 @@ def main():
 
     surrogate = Surrogate.load(args.student, device="cpu")
     disc = surrogate.disc  # the student's problem on its grid: form, BCs, solvers
+    surrogate.predict(disc.problem.sample_coefficients(disc.S, sample_rng(10_000, 0)))  # warm-up call
     print(f"{'draw':>4} {'start':>6} {'Newton':>6} {'linear':>6} {'solve s':>8} {'student s':>9}")
     for draw in range(args.draws):
         a = disc.problem.sample_coefficients(disc.S, sample_rng(10_000, draw))  # not in the data (seed 0)

@@ -157,3 +157,14 @@ def test_cli_warm_start_bad_input(cli, tiny_student, tiny_teacher):
     code, out, err = cli("solve", "darcy", "--res", "17", "--solver", "krylov", "--warm-start", tiny_student)
     assert code == 0, err
     assert "darcy S=17 krylov cold" in out and "darcy S=17 krylov warm" in out
+
+
+def test_the_documented_example_runs(tiny_student, capsys):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "surrogate.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 20
+    exec(compile(code.replace("demo_out/student", str(tiny_student)), "docs/surrogate.md", "exec"), {})
+    outflow = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(outflow - 1.0) < 0.05

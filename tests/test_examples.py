@@ -1,0 +1,40 @@
+"""The scripts in examples/ run as a user would run them (subprocesses, --quick)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(script, *args):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_then_surrogate_in_firedrake(tmp_path):
+    out = run("quickstart.py", "--quick", "--out", tmp_path / "pipeline")
+    assert "8 samples in" in out and "Firedrake relative residual" in out
+    # the surrogate example's --quick student lives in OUT/pipeline: the one just trained is reused
+    out = run("surrogate_in_firedrake.py", "--quick", "--out", tmp_path)
+    assert "4 joint samples" in out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if "outflow" in line}
+    assert set(lines) == {"surrogate", "FEM"}
+    outflow = {k: float(line.split("outflow")[1].split()[0]) for k, line in lines.items()}
+    assert abs(outflow["FEM"] - 1.0) < 0.06  # -∫ a grad u . n ds = ∫ f dx = 1 (P1 on 48 x 48)
+    assert (tmp_path / "surrogate.pvd").exists()
+
+
+@pytest.mark.slow
+def test_warm_start_newton(tmp_path):
+    out = run("warm_start_newton.py", "--quick", "--draws", "2", "--out", tmp_path)
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"])]
+    assert [r[1] for r in rows] == ["zero", "warm", "zero", "warm"]
+    assert all(int(r[2]) >= 6 for r in rows if r[1] == "zero")  # Newton from zero: 6+ iterations
+    plain = [line for line in out.splitlines() if line.startswith("plain Firedrake")]
+    assert len(plain) == 2 and "from zero" in plain[0] and "from warm" in plain[1]
