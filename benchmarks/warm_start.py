@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="forward-task steps of the third start")
     parser.add_argument("--restarts", type=int, default=4)
     parser.add_argument("--solver", action="append", choices=("direct", "krylov"), help="default: both")
+    parser.add_argument("--sampling-only", action="store_true",
+                        help="time Surrogate.sample against the FEM solve only (e.g. an untrained S = 64 student)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON")
     args = parser.parse_args()
     import torch
@@ -89,7 +91,9 @@ def main() -> None:
     rows, speed = [], []
     for path in args.student:
         surrogate = Surrogate.load(path, device="cpu")
-        rows += warm_start_rows(surrogate, args.solver or ["direct", "krylov"], args.n, args.steps, args.restarts)
+        if not args.sampling_only:
+            rows += warm_start_rows(surrogate, args.solver or ["direct", "krylov"], args.n, args.steps,
+                                    args.restarts)
         speed.append(sampling_row(surrogate))
 
     print(f"{'problem':>18} {'S':>3} {'solver':>6} {'start':>11} {'Newton':>12} {'linear':>14} "

@@ -68,7 +68,12 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           fraction: Optional[float] = typer.Option(None, "--fraction", help="Observed fraction (reconstruct)."),
           steps: int = typer.Option(200, "--steps"), lam: float = typer.Option(1e-3, "--lambda"),
           restarts: int = typer.Option(4, "--restarts", help="eps restarts per problem (ensemble)."),
-          seed: int = typer.Option(0, "--seed"), out_path: Path = typer.Option(..., "--out"),
+          seed: int = typer.Option(0, "--seed"),
+          out_path: Optional[Path] = typer.Option(None, "--out", help="HDF5 file of the estimates."),
+          physics: str = typer.Option("soft", "--physics", help="inverse: soft (residual penalty) | fem (exact FEM solve in the loop)."),
+          adjoint_steps: int = typer.Option(0, "--adjoint-steps", help="inverse: finish with K L-BFGS iterations of the adjoint inversion."),
+          noise: float = typer.Option(0.0, "--noise", help="inverse: relative Gaussian noise on the observations."),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="inverse: per-problem and summary errors as JSON."),
           device: str = typer.Option("auto", "--device"),
           overwrite: bool = typer.Option(False, "--overwrite")):
     """Forward, inverse or reconstruction by masked latent optimisation; writes mean, std, errors."""
@@ -77,21 +82,75 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     from piddm_fem.tasks import solve_task
     from piddm_fem.teacher import resolve_device
 
-    if out_path.exists() and not overwrite:
-        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
+    if out_path is None and json_out is None:
+        raise PiddmError("give --out FILE.h5 and/or --json FILE.json for the results")
+    for path in (out_path, json_out):
+        if path is not None and path.exists() and not overwrite:
+            raise PiddmError(f"{path} exists; pass --overwrite to replace it")
+    if physics not in ("soft", "fem"):
+        raise PiddmError(f"unknown --physics {physics!r}; choose soft or fem")
+    if task != "inverse" and (physics != "soft" or adjoint_steps or noise or json_out):
+        raise PiddmError("--physics, --adjoint-steps, --noise and --json belong to --task inverse")
+    if adjoint_steps < 0 or not 0 <= noise < 1:
+        raise PiddmError(f"--adjoint-steps {adjoint_steps} must be >= 0 and --noise {noise} in [0, 1)")
     dev = resolve_device(device)
     student, ckpt, normalizer, operator = load_student(student_dir, dev)
     info, truth, status = schema.read(data, index)
     checkpoint.check_compatible(ckpt, info, data)
     if (status != schema.STATUS_OK).any():
         raise PiddmError(f"{data}: samples {list(np.asarray(index)[status != 1])} have no solution; pick ok samples")
+    if task == "inverse" and (physics == "fem" or adjoint_steps or noise or json_out):
+        return _invert(student, ckpt, normalizer, operator, info, truth, index, physics=physics,
+                       adjoint_steps=adjoint_steps, noise=noise, points=points, steps=steps, lam=lam,
+                       restarts=restarts, seed=seed, out_path=out_path, json_out=json_out,
+                       overwrite=overwrite)
     result = solve_task(student, normalizer, operator, ckpt, task, truth, points=points,
                         fraction=fraction, steps=steps, lam=lam, restarts=restarts, seed=seed)
     info.source, info.solver_parameters = f"student-{task}", {
         "task": task, "steps": steps, "lambda": lam, "restarts": restarts, "indices": list(index)}
+    if out_path is None:
+        raise PiddmError("--json is for --task inverse; give --out FILE.h5")
     schema.write(out_path, info, result["mean"], overwrite=overwrite,
                  extra={"std": result["std"], "mask": result["mask"], "truth": truth,
                         **{f"errors/{k}": v for k, v in result["errors"].items()}})
     summary = ", ".join(f"{k} {np.median(v):.3e}" for k, v in result["errors"].items())
     out.print(f"{task}: {len(index)} problems x {restarts} restarts in {result['seconds']:.1f}s; "
               f"median {summary}; wrote {out_path}")
+
+
+def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics, adjoint_steps, noise,
+            points, steps, lam, restarts, seed, out_path, json_out, overwrite):
+    """The inverse task with the FEM solver in the loop (solvers/inverse.py): Algorithm 3 with the
+    soft penalty or exact physics, optionally finished by the adjoint inversion."""
+    import json
+
+    from piddm_fem import schema
+    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers.inverse import invert
+
+    problem = get_problem(ckpt["problem"], **ckpt.get("params", {}))
+    methods = [physics] + ([f"{physics}+adjoint"] if adjoint_steps else [])
+    result = invert(problem, truth, methods, student=student, normalizer=normalizer, operator=operator,
+                    seed=seed, noise=noise, points=points, steps=steps, restarts=restarts, lam=lam,
+                    adjoint_steps=adjoint_steps or 1)
+    final = result["methods"][methods[-1]]
+    if out_path is not None:
+        info.source, info.solver_parameters = f"student-inverse-{physics}", {
+            "task": "inverse", "physics": physics, "adjoint_steps": adjoint_steps, "noise": noise,
+            "steps": steps, "lambda": lam, "restarts": restarts, "indices": list(index)}
+        schema.write(out_path, info, final["fields"], overwrite=overwrite,
+                     extra={"mask": result["mask"], "truth": truth, "observed": result["observed"]})
+    if json_out is not None:
+        report = {"student_problem": ckpt["problem"], "indices": list(index), "seed": seed, "noise": noise,
+                  "alpha": result["alpha"], "points": int(result["mask"][0].sum()),
+                  "methods": {k: {"problems": v["problems"], "summary": v["summary"]}
+                              for k, v in result["methods"].items()}}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_out.with_name(json_out.name + ".partial")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(json_out)
+    for name, method in result["methods"].items():
+        s = method["summary"]
+        out.print(f"{name}: error rate of a {s['error_rate_a']['median']:.3f}, rel. L2 of a "
+                  f"{s['rel_l2_a']['median']:.3f}, misfit {s['misfit']['median']:.2e}, "
+                  f"{s['iterations']['median']:.0f} iterations, {s['seconds']['median']:.2f} s/problem (medians)")

@@ -54,10 +54,14 @@ def observation_mask(task: str, shape, channels: list[str], unknown: int, *, poi
 
 def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask: torch.Tensor,
                     eps: torch.Tensor, steps: int = 200, lam: float = 1e-3, prior: float = 1.0,
-                    lr: float = 0.05, callback=None) -> dict:
+                    lr: float = 0.05, callback=None, exact=None) -> dict:
     """Optimise eps [N, C, S, S] (one row per problem/restart); returns x_mix (physical units,
     detached), eps and the final per-row misfit and relative residual. ``observed`` and ``mask``
-    are [N, C, S, S] in physical units (unobserved entries of ``observed`` are ignored)."""
+    are [N, C, S, S] in physical units (unobserved entries of ``observed`` are ignored).
+
+    ``exact`` (e.g. ``LinearFEMSolve(operator).solve``) replaces the student's unknown by the FEM
+    solution for the student's coefficients before the misfit is taken: exact physics, so the
+    residual penalty is dropped and the student's own u is never compared with the data."""
     device = eps.device
     observed, mask = observed.to(device, torch.float32), mask.to(device, torch.float32)
     target = normalizer.normalize(observed)
@@ -68,9 +72,11 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
 
     def evaluate():
         pred = student(eps)
+        if exact is not None:
+            pred = normalizer.normalize(exact(normalizer.denormalize(pred)))
         misfit = ((pred - target) * mask).square().flatten(1).sum(1) / count
         x_mix = observed * mask + normalizer.denormalize(pred) * (1 - mask)
-        physics = operator.loss(x_mix)
+        physics = operator.loss(x_mix) if exact is None else torch.zeros_like(misfit)
         shell = (eps.square().flatten(1).sum(1) / d - 1).square()
         return misfit, physics, shell, x_mix
 
@@ -96,13 +102,15 @@ def refine(student, normalizer, operator, eps: torch.Tensor, steps: int, lambda_
 
 
 def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 200, lam: float = 1e-3,
-                 restarts: int = 4, seed: int = 0, prior: float = 1.0, lr: float = 0.05) -> dict:
+                 restarts: int = 4, seed: int = 0, prior: float = 1.0, lr: float = 0.05,
+                 exact=None) -> dict:
     """Algorithm 3 for N problems: ``observed`` and ``mask`` [N, C, S, S] (physical units; the
     unobserved entries of ``observed`` are ignored), ``restarts`` eps per problem (noise indices
     0..restarts-1 of ``seed``). With ``steps`` > 0 the estimate is the ensemble mean over the restarts (std
     beside it); with ``steps`` = 0 it is one student call on the restart whose output fits the
     observations best (std over the restarts still reported). Observed entries are returned
-    exactly. Returns {"mean", "std" (torch float64 [N, C, S, S], CPU), "seconds"}."""
+    exactly. ``exact``: see ``optimize_latent``. Returns {"mean", "std" (torch float64
+    [N, C, S, S], CPU), "seconds"}."""
     from piddm_fem.edm import noise_for_indices
 
     if restarts < 1 or steps < 0:
@@ -117,7 +125,7 @@ def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 
     t0 = time.perf_counter()
     result = optimize_latent(student, normalizer, operator, observed.float().repeat_interleave(restarts, 0),
                              mask.float().repeat_interleave(restarts, 0), eps, steps=steps, lam=lam,
-                             prior=prior, lr=lr)
+                             prior=prior, lr=lr, exact=exact)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

@@ -20,6 +20,9 @@ class Darcy(Problem):
         f = fd.Constant(self.params["f"])
         return a * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - f * v * fd.dx
 
+    def coefficient_bounds(self):
+        return "a", self.params["a_low"], self.params["a_high"]
+
     def sample_coefficients(self, S, rng):
         p = self.params
         grf = gaussian_random_field(S, rng, p["alpha"], p["tau"])

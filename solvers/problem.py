@@ -77,6 +77,11 @@ class Problem:
         """F(u, coefficients; v): a UFL 1-form, with ``fields[name]`` a Function or expression."""
         raise NotImplementedError
 
+    def coefficient_bounds(self) -> tuple[str, float, float] | None:
+        """(channel, low, high) of a coefficient that stays in [low, high], for inverse problems
+        (solvers/inverse.py); None when no coefficient is bounded."""
+        return None
+
     def boundary_value(self, mesh):
         """Dirichlet data g for the unknown on the whole boundary (UFL, may use coordinates)."""
         return fd.Constant(0.0)

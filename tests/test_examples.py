@@ -38,3 +38,13 @@ def test_warm_start_newton(tmp_path):
     assert all(int(r[2]) >= 6 for r in rows if r[1] == "zero")  # Newton from zero: 6+ iterations
     plain = [line for line in out.splitlines() if line.startswith("plain Firedrake")]
     assert len(plain) == 2 and "from zero" in plain[0] and "from warm" in plain[1]
+
+
+@pytest.mark.slow
+def test_darcy_inverse_adjoint(tmp_path):
+    out = run("darcy_inverse_adjoint.py", "--quick", "--problems", "1", "--iterations", "15", "--out", tmp_path)
+    assert "part 1, 60 scattered points" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split()[:1] in (["adjoint"], ["fem"], ["fem+adjoint"])}
+    assert set(rows) == {"adjoint", "fem", "fem+adjoint"}
+    assert all(0 <= float(r[1]) <= 1 for r in rows.values())  # error rates
