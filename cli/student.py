@@ -72,13 +72,13 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           device: str = typer.Option("auto", "--device"),
           overwrite: bool = typer.Option(False, "--overwrite")):
     """Forward, inverse or reconstruction by masked latent optimisation; writes mean, std, errors."""
-    from piddm_fem import checkpoint, schema
+    from piddm_fem import checkpoint, checks, schema
     from piddm_fem.student import load_student
     from piddm_fem.tasks import solve_task
     from piddm_fem.teacher import resolve_device
 
-    if out_path.exists() and not overwrite:
-        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
+    checks.output_file(out_path, overwrite)
+    checks.check_range("--lambda", lam, "[0, inf)")
     dev = resolve_device(device)
     student, ckpt, normalizer, operator = load_student(student_dir, dev)
     info, truth, status = schema.read(data, index)
