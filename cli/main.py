@@ -229,6 +229,7 @@ def _terminate(signum, frame):
 
 def run() -> None:
     """Console entry point: one-line errors, exit codes 2 (bad input) and 130 (interrupted)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the parent ignores it
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help

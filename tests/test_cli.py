@@ -49,7 +49,8 @@ def _write_raw(path, info, fields):
     with h5py.File(path, "w") as f:
         f["fields"] = fields
         f.attrs.update({"problem": info.problem, "channels": json.dumps(info.channels),
-                        "resolution": info.resolution, "schema_version": schema.SCHEMA_VERSION})
+                        "resolution": info.resolution, "schema_version": schema.SCHEMA_VERSION,
+                        "complete": True})
 
 
 def test_nan_and_wrong_channel_count_are_rejected(cli, tmp_path, darcy_file):
