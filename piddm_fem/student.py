@@ -70,7 +70,6 @@ class Distiller:
 
     def __init__(self, teacher_dir, data_path, out_dir, settings: dict, device, resume: bool):
         self.out_dir, self.device = Path(out_dir), device
-        checks.output_dir(self.out_dir)
         self.teacher, self.teacher_ckpt = load_teacher(teacher_dir, device)
         self.teacher_path = checkpoint.resolve(teacher_dir)
         info = schema.check_dataset(data_path)
@@ -85,6 +84,7 @@ class Distiller:
                                  "it or choose another --out")
             self.cfg = DistillConfig(**settings)
         checks.check_options(self.cfg, RANGES)
+        checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
         self.student = OneStepStudent(copy.deepcopy(self.teacher).requires_grad_(True)).train()

@@ -118,7 +118,6 @@ class TeacherTrainer:
                  resume: bool = False, rank: int = 0, world: int = 1):
         self.data_path, self.out_dir = Path(data_path), Path(out_dir)
         self.device, self.rank, self.world = device, rank, world
-        checks.output_dir(self.out_dir)
         last = self.out_dir / checkpoint.LAST
         if resume and not last.exists():
             raise PiddmError(f"nothing to resume: {last} does not exist; drop --resume to start afresh")
@@ -126,6 +125,7 @@ class TeacherTrainer:
             raise PiddmError(f"{last} exists; pass --resume to continue it or choose another --out")
         ckpt = checkpoint.load(last, kind="teacher") if resume else None
         self.cfg = _resolve_config(ckpt, settings)
+        checks.output_dir(self.out_dir)
         if self.cfg.batch % world:
             raise PiddmError(f"--batch {self.cfg.batch} is not divisible by {world} processes; "
                              "pick a multiple of the process count")
