@@ -10,18 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error
 from piddm_fem import schema
 
 PIDDM = os.path.join(os.path.dirname(sys.executable), "piddm")
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in err, err
 
 
 def test_bad_input_gives_one_line_errors(cli, tmp_path, darcy_file):

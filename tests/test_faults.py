@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_one_line_error
 from piddm_fem import checkpoint, schema
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
@@ -24,15 +25,6 @@ from piddm_fem.solvers.generate import generate, solve_sample
 pytestmark = pytest.mark.faults
 PIDDM = os.path.join(os.path.dirname(sys.executable), "piddm")
 S, SEED = 33, 5
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in err, err
 
 
 def start_generate(out, n, *extra):
@@ -93,13 +85,13 @@ def test_files_marked_incomplete_are_refused_everywhere(cli, tmp_path, darcy_fil
 
 def test_sigint_at_random_points_of_generate_keeps_every_sample_and_resumes(tmp_path):
     out = tmp_path / "int.h5"
-    partial = schema.partial_path(out)
+    partial, lock = schema.partial_path(out), out.with_name("int.h5.lock")
     rng = random.Random(13)
     done_before = 0
     for attempt in range(3):
         proc = start_generate(out, 300, *(("--resume",) if attempt else ()))
-        wait_for(partial, proc)
-        time.sleep(rng.uniform(0.0, 1.5))
+        wait_for(lock, proc)  # this run is past start-up: it holds the output lock
+        time.sleep(rng.uniform(0.0, 0.8))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err
