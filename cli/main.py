@@ -47,7 +47,7 @@ def parse_params(items: list[str]) -> dict:
 ParamOption = typer.Option(None, "--param", help="Problem parameter NAME=VALUE (repeatable).")
 ForceOption = typer.Option(False, "--force", help="Run even where the memory estimate exceeds what is free.")
 INTERRUPTED = "interrupted: finished work was saved; rerun with --resume to continue"
-DISAGREE = 1e-8  # torch vs FEM scaled residual, RMS relative to the load's RMS (round-off is ~1e-15)
+DISAGREE = 1e-8  # torch vs FEM scaled residual, RMS relative to the load RMS (round-off: ~3e-14)
 
 
 @app.command()
