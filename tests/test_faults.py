@@ -202,10 +202,10 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(cli, tmp_path, tiny_teacher, d
     ckpt = checkpoint.resolve(teacher)
     corrupt(ckpt)
     code, _, err = cli("teacher", "sample", ckpt, "--n", 1, "--steps", 1, "--out", tmp_path / "x.h5")
-    assert_one_line_error(code, err, str(ckpt))
+    assert_one_line_error(code, err, str(ckpt), "checksum mismatch")
     assert not (tmp_path / "x.h5").exists()
     code, _, err = cli("distill", teacher, "--data", darcy_file, "--out", tmp_path / "s", "--steps", 1)
-    assert_one_line_error(code, err, str(ckpt))
+    assert_one_line_error(code, err, str(ckpt), "checksum mismatch")
     assert not (tmp_path / "s" / "last.pt").exists()
 
 
