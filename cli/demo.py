@@ -35,9 +35,11 @@ def demo(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output di
 
     import torch
 
+    from piddm_fem import checks
+
     cfg = QUICK if quick else DEFAULT
+    checks.output_dir(out_dir)
     torch.set_num_threads(os.cpu_count() or 1)  # the learning stages use every core (OMP is 1 for PETSc)
-    out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
 

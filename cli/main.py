@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from piddm_fem import checks
+from piddm_fem.cli import MPI_RANK
 from piddm_fem.errors import PiddmError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -43,10 +45,13 @@ def parse_params(items: list[str]) -> dict:
 
 
 ParamOption = typer.Option(None, "--param", help="Problem parameter NAME=VALUE (repeatable).")
+ForceOption = typer.Option(False, "--force", help="Run even where the memory estimate exceeds what is free.")
+INTERRUPTED = "interrupted: finished work was saved; rerun with --resume to continue"
+DISAGREE = 1e-8  # torch vs FEM scaled residual, RMS relative to the load RMS (round-off: ~3e-14)
 
 
 @app.command()
-def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz"),
+def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz | reaction_diffusion"),
           res: int = typer.Option(33, "--res", help="Grid points per side S (mesh of (S-1)^2 cells)."),
           seed: int = typer.Option(0, help="Seed of the coefficient draw (sample 0 of this seed)."),
           vtk: Optional[Path] = typer.Option(None, help="Directory for a ParaView .pvd file."),
@@ -55,17 +60,19 @@ def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz")
           warm_start: Optional[Path] = typer.Option(
               None, "--warm-start", help="Student run directory: also solve from its prediction and compare."),
           warm_steps: int = typer.Option(0, "--warm-steps", help="Forward-task steps of the warm start (0: one student call)."),
-          param: list[str] = ParamOption):
+          param: list[str] = ParamOption, force: bool = ForceOption):
     """One Firedrake solve: timing, residual, optional figure and VTK output; with --warm-start,
     the same sample solved cold (u = 0) and from the student's prediction."""
     from piddm_fem import grid
     from piddm_fem.solvers import get_problem
     from piddm_fem.solvers.discrete import DiscreteProblem
-    from piddm_fem.solvers.generate import sample_rng
+    from piddm_fem.solvers.generate import check_memory, sample_rng
 
     S = grid.check_resolution(res)
     prob = get_problem(problem, **parse_params(param))
     prob.parameters_for(solver)  # an unknown --solver fails before any work
+    check_memory(S, force)
+    vtk, png = vtk and checks.output_dir(vtk), png and checks.output_file(png)
     surrogate = None
     if warm_start is not None:
         from piddm_fem.solvers.surrogate import Surrogate
@@ -92,7 +99,6 @@ def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz")
     if vtk:
         import firedrake as fd
 
-        vtk.mkdir(parents=True, exist_ok=True)
         fd.VTKFile(str(vtk / f"{problem}.pvd")).write(*disc.fields.values())
         out.print(f"wrote {vtk / f'{problem}.pvd'}")
     if png:
@@ -103,14 +109,14 @@ def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz")
 
 
 @app.command()
-def generate(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz"),
+def generate(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz | reaction_diffusion"),
              n_samples: int = typer.Option(..., "--n-samples", "-n", help="Number of samples."),
              res: int = typer.Option(33, "--res", help="Grid points per side S."),
              seed: int = typer.Option(0, help="Dataset seed; sample i depends on (seed, i) only."),
              out_path: Path = typer.Option(..., "--out", help="Output HDF5 file."),
              resume: bool = typer.Option(False, help="Complete an interrupted <out>.partial."),
              overwrite: bool = typer.Option(False, help="Replace an existing file."),
-             param: list[str] = ParamOption):
+             param: list[str] = ParamOption, force: bool = ForceOption):
     """Solve N seeded samples and write a dataset (split across ranks under mpiexec)."""
     from piddm_fem import grid
     from piddm_fem.solvers import get_problem
@@ -119,7 +125,8 @@ def generate(problem: str = typer.Argument(..., help="darcy | poisson | helmholt
     S = grid.check_resolution(res)
     prob = get_problem(problem, **parse_params(param))
     t0 = time.perf_counter()
-    counts = run_generate(prob, n_samples, S, seed, out_path, resume=resume, overwrite=overwrite)
+    counts = run_generate(prob, n_samples, S, seed, out_path, resume=resume, overwrite=overwrite,
+                          force=force)
     if counts:
         out.print(f"wrote {out_path}: {counts['ok']} ok, {counts['failed']} failed "
                   f"({counts['solved_now']} solved in {time.perf_counter() - t0:.1f}s)")
@@ -137,15 +144,24 @@ def validate(file: Path = typer.Argument(..., help="Any file in the dataset sche
     from piddm_fem.residual import ResidualOperator
     from piddm_fem.solvers.validate import fem_residuals, load_for_validation
 
+    if max_residual is not None:
+        checks.check_range("--max-residual", max_residual, "[0, inf)")
+    checks.check_range("--show", show, "[0, inf)")
+    if json_out:
+        checks.output_file(json_out)
     info, fields, status, disc, op = load_for_validation(file)
-    fem = fem_residuals(disc, fields, status)
+    fem, fem_scaled = fem_residuals(disc, fields, status)
     operator = ResidualOperator(op)
     ok = np.flatnonzero(np.isfinite(fem))
-    fast = np.full_like(fem, np.nan)
+    fast, mismatch = np.full_like(fem, np.nan), np.zeros_like(fem)
     if ok.size:
         with torch.no_grad():
-            fast[ok] = operator.relative(torch.from_numpy(fields[ok])).numpy()
-    disagree = ok[np.abs(fast[ok] - fem[ok]) > 1e-6 * np.maximum(fem[ok], 1e-8)]
+            x = torch.from_numpy(fields[ok])
+            fast[ok] = operator.relative(x).numpy()
+            diff = operator.scaled(x).flatten(1).numpy() - fem_scaled[ok]
+            load = operator.load(x).flatten(1).square().mean(1).sqrt().numpy()
+            mismatch[ok] = np.sqrt(np.mean(diff**2, axis=1)) / np.where(load > 0, load, 1.0)
+    disagree = ok[mismatch[ok] > DISAGREE]
     table = Table(title=f"{file}: {info.problem} S={info.resolution} ({info.source})")
     for col in ("sample", "status", "fem_residual", "torch_residual"):
         table.add_column(col, justify="right")
@@ -186,6 +202,7 @@ def export_operator(file: Path = typer.Argument(..., help="Dataset file to store
     from piddm_fem.solvers.export import extract_operator
 
     info = schema.read_info(file)
+    checks.writable_existing(file)
     t0 = time.perf_counter()
     op = extract_operator(get_problem(info.problem, **info.params), info.resolution)
     schema.write_operator(file, op)
@@ -212,20 +229,23 @@ def _terminate(signum, frame):
 
 def run() -> None:
     """Console entry point: one-line errors, exit codes 2 (bad input) and 130 (interrupted)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the parent ignores it
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help
     except PiddmError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        if not MPI_RANK:  # under mpiexec every rank raises it; rank 0 prints the one line
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        console.print("interrupted: finished work was saved; rerun with --resume to continue")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = 130
+    except typer.Exit as exc:  # Typer turns a KeyboardInterrupt into Exit(130)
+        code = exc.exit_code
     except Exception as exc:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click usage errors
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:
+        console.print(INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)

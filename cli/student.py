@@ -77,7 +77,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           device: str = typer.Option("auto", "--device"),
           overwrite: bool = typer.Option(False, "--overwrite")):
     """Forward, inverse or reconstruction by masked latent optimisation; writes mean, std, errors."""
-    from piddm_fem import checkpoint, schema
+    from piddm_fem import checkpoint, checks, schema
     from piddm_fem.student import load_student
     from piddm_fem.tasks import solve_task
     from piddm_fem.teacher import resolve_device
@@ -85,14 +85,15 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     if out_path is None and json_out is None:
         raise PiddmError("give --out FILE.h5 and/or --json FILE.json for the results")
     for path in (out_path, json_out):
-        if path is not None and path.exists() and not overwrite:
-            raise PiddmError(f"{path} exists; pass --overwrite to replace it")
+        if path is not None:
+            checks.output_file(path, overwrite)
+    checks.check_range("--lambda", lam, "[0, inf)")
+    checks.check_range("--noise", noise, "[0, 1)")
+    checks.check_range("--adjoint-steps", adjoint_steps, "[0, inf)")
     if physics not in ("soft", "fem"):
         raise PiddmError(f"unknown --physics {physics!r}; choose soft or fem")
     if task != "inverse" and (physics != "soft" or adjoint_steps or noise or json_out):
         raise PiddmError("--physics, --adjoint-steps, --noise and --json belong to --task inverse")
-    if adjoint_steps < 0 or not 0 <= noise < 1:
-        raise PiddmError(f"--adjoint-steps {adjoint_steps} must be >= 0 and --noise {noise} in [0, 1)")
     dev = resolve_device(device)
     student, ckpt, normalizer, operator = load_student(student_dir, dev)
     info, truth, status = schema.read(data, index)

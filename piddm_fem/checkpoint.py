@@ -3,12 +3,14 @@
 A checkpoint (docs/teacher.md) holds ``kind`` ("teacher", ...), the dataset identity (``problem``,
 ``resolution``, ``channels``, ``params``), ``normalization`` ({mean, std} per channel),
 ``config`` (network and training settings), ``model`` and ``ema`` state dicts, ``optimizer``,
-``step``, ``best_val`` and the package ``version``. Only tensors and plain Python values are
-stored, so loading uses ``weights_only=True``.
+``step``, ``best_val``, the package ``version`` and ``checksum``: a SHA-256 of everything else,
+verified on load, so a corrupted file is a one-line error instead of wrong weights. Only tensors
+and plain Python values are stored, so loading uses ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,13 +23,44 @@ LAST, BEST = "last.pt", "best.pt"
 REQUIRED = ("kind", "problem", "resolution", "channels", "normalization", "config", "ema", "step")
 
 
+def checksum(ckpt: dict) -> str:
+    """SHA-256 of a checkpoint's content (every tensor's dtype, shape and bytes, every plain
+    value), in a fixed key order, without its ``checksum`` entry."""
+    h = hashlib.sha256()
+
+    def walk(obj):
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            h.update(b"{")
+            for key in sorted(obj, key=repr):
+                if key != "checksum":
+                    h.update(repr(key).encode())
+                    walk(obj[key])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for item in obj:
+                walk(item)
+            h.update(b"]")
+        else:
+            h.update(repr(obj).encode())
+
+    walk(ckpt)
+    return h.hexdigest()
+
+
 def save(path, ckpt: dict) -> None:
-    """Write ``ckpt`` (plus the package version) to ``path`` via a temp file and os.replace."""
+    """Write ``ckpt`` (plus the package version and its checksum) to ``path`` via a temp file
+    and os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    ckpt = {**ckpt, "version": __version__}
     try:
-        torch.save({**ckpt, "version": __version__}, tmp)
+        torch.save({**ckpt, "checksum": checksum(ckpt)}, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -58,15 +91,25 @@ def load(ckpt_or_dir, kind: str | None = None, map_location="cpu") -> dict:
     if missing:
         raise PiddmError(f"{path}: not a piddm-fem checkpoint (missing {', '.join(missing)}); "
                          "pass a last.pt/best.pt written by piddm")
+    if ckpt.get("checksum") != checksum(ckpt):
+        raise PiddmError(f"{path}: checksum mismatch, the file is corrupt or was modified after "
+                         "it was written; retrain or restore a good copy")
     if kind is not None and ckpt["kind"] != kind:
         raise PiddmError(f"{path} is a {ckpt['kind']} checkpoint; pass a {kind} checkpoint")
     return ckpt
 
 
 def check_compatible(ckpt: dict, info, where) -> None:
-    """Raise unless the checkpoint was trained on ``info``'s problem, grid and channels."""
+    """Raise unless the checkpoint was trained on ``info``'s problem, grid, channels and PDE
+    parameters."""
     have = (ckpt["problem"], int(ckpt["resolution"]), list(ckpt["channels"]))
     want = (info.problem, int(info.resolution), list(info.channels))
+    if have == want and ckpt.get("params", {}) != info.params:
+        raise PiddmError(
+            f"checkpoint trained with {ckpt['problem']} parameters {ckpt.get('params', {})} but "
+            f"{where} has {info.params}; use data made with the checkpoint's --param values or "
+            "train a teacher on this data"
+        )
     if have != want:
         extra = f" channels {have[2]} vs {want[2]}" if have[2] != want[2] else ""
         raise PiddmError(

@@ -156,8 +156,9 @@ class InfiniteSampler(torch.utils.data.Sampler):
 
 
 def open_dataset(path, fractions=DEFAULT_FRACTIONS, seed: int = 0):
-    """(info, {split: file indices}) for a dataset file, with only ok samples in the splits."""
-    info = schema.read_info(path)
+    """(info, {split: file indices}) for a dataset file that passes ``schema.check_dataset``,
+    with only ok samples in the splits."""
+    info = schema.check_dataset(path)
     ok = ok_indices(path)
     if ok.size < 2:
         raise PiddmError(f"{path}: only {ok.size} samples with status ok; generate more samples")

@@ -2,20 +2,23 @@
 
 A dataset file holds ``fields`` float64 [N, C, S, S] on the grid of ``piddm_fem.grid`` plus
 per-sample ``status`` and ``solver_info``. Files are written under ``<name>.partial`` and renamed
-to ``<name>`` only once complete, so a finished-looking file is never half-written. Needs h5py and
-numpy only.
+to ``<name>`` only once complete, so a finished-looking file is never half-written; a writer holds
+``<name>.lock`` (``exclusive``), so two processes never write the same file. Readers refuse a file
+whose ``complete`` attribute is not true. Needs h5py and numpy only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from piddm_fem import __version__
+from piddm_fem import __version__, checks
 from piddm_fem.errors import PiddmError
 
 SCHEMA_VERSION = 1
@@ -49,6 +52,30 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+@contextmanager
+def exclusive(path: str | os.PathLike):
+    """Hold an exclusive lock on ``<path>.lock`` while writing ``path`` (and its partial file).
+
+    A second writer of the same path gets a one-line error at once; the lock dies with its
+    process, so a killed run never blocks a later ``--resume``."""
+    path = checks.output_file(path)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(lock).st_ino:  # released and removed meanwhile
+            raise BlockingIOError
+    except OSError:
+        os.close(fd)
+        raise PiddmError(f"another process is writing {path} (it holds {lock}); wait for it to "
+                         "finish or choose another --out") from None
+    try:
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def _h5py():
     import h5py
 
@@ -68,7 +95,7 @@ def _open(path: Path, mode: str = "r"):
         ) from None
 
 
-def _info_from_attrs(path: Path, f) -> DatasetInfo:
+def _info_from_attrs(path: Path, f, partial: bool = False) -> DatasetInfo:
     attrs = f.attrs
     missing = [k for k in ("problem", "channels", "resolution", "schema_version") if k not in attrs]
     if missing or "fields" not in f:
@@ -82,6 +109,11 @@ def _info_from_attrs(path: Path, f) -> DatasetInfo:
         raise PiddmError(
             f"{path}: schema version {schema}, this piddm-fem reads {SCHEMA_VERSION}; "
             "regenerate the file with this version"
+        )
+    if not partial and not bool(attrs.get("complete", False)):
+        raise PiddmError(
+            f"{path}: the file is marked incomplete (complete=false: an interrupted or concurrent "
+            "writer); finish it with `piddm generate ... --resume` or regenerate it with --overwrite"
         )
     seed = attrs.get("seed", -1)
     boundary = json.loads(attrs.get("boundary", json.dumps(DEFAULT_BOUNDARY)))
@@ -104,47 +136,61 @@ def _info_from_attrs(path: Path, f) -> DatasetInfo:
 
 
 def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = False):
-    """Create ``<path>.partial`` with every sample pending; returns the open h5py.File."""
+    """Create ``<path>.partial`` with every sample pending; returns the open h5py.File.
+    Call it inside ``exclusive(path)``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise PiddmError(f"{path} exists; pass --overwrite to replace it or --resume to complete it")
+    tmp = partial_path(path)
+    if tmp.exists() and not overwrite:
+        raise PiddmError(f"{tmp} holds an interrupted run; pass --resume to complete it or "
+                         "--overwrite to start afresh")
     if info.resolution < 3:
         raise PiddmError(f"resolution {info.resolution} is too small; use S >= 3 grid points per side")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
+    n, c, s = info.n_samples, len(info.channels), info.resolution
+    if c * s * s * 8 >= 2**32:
+        raise PiddmError(f"resolution {s}: one sample ({c * s * s * 8 / 2**30:.0f} GiB) exceeds "
+                         f"HDF5's 4 GiB chunk limit; use S <= {int((2**32 / (8 * c)) ** 0.5)}")
     tmp.unlink(missing_ok=True)
     f = _h5py().File(tmp, "w")
-    n, c, s = info.n_samples, len(info.channels), info.resolution
-    f.create_dataset("fields", shape=(n, c, s, s), dtype="f8", chunks=(1, c, s, s), fillvalue=np.nan,
-                     compression="gzip", compression_opts=4, shuffle=True)
-    f.create_dataset("status", shape=(n,), dtype="i1", fillvalue=STATUS_PENDING)
-    g = f.create_group("solver_info")
-    g.create_dataset("iterations", shape=(n,), dtype="i8", fillvalue=-1)
-    g.create_dataset("residual_norm", shape=(n,), dtype="f8", fillvalue=np.nan)
-    g.create_dataset("time", shape=(n,), dtype="f8", fillvalue=np.nan)
-    g.create_dataset("reason", shape=(n,), dtype=_h5py().string_dtype(), fillvalue="")
-    attrs = asdict(info)
-    attrs.pop("n_samples")
-    attrs["seed"] = -1 if info.seed is None else info.seed
-    for key in ("channels", "params", "solver_parameters", "boundary"):
-        attrs[key] = json.dumps(attrs[key])
-    attrs["domain"] = np.asarray(DOMAIN)
-    attrs["grid"] = "fields[n, c, j, i] at x_i = i/(S-1), y_j = j/(S-1)"
-    f.attrs.update(attrs)
-    f.attrs["complete"] = False
+    try:
+        f.create_dataset("fields", shape=(n, c, s, s), dtype="f8", chunks=(1, c, s, s), fillvalue=np.nan,
+                         compression="gzip", compression_opts=4, shuffle=True)
+        f.create_dataset("status", shape=(n,), dtype="i1", fillvalue=STATUS_PENDING)
+        g = f.create_group("solver_info")
+        g.create_dataset("iterations", shape=(n,), dtype="i8", fillvalue=-1)
+        g.create_dataset("residual_norm", shape=(n,), dtype="f8", fillvalue=np.nan)
+        g.create_dataset("time", shape=(n,), dtype="f8", fillvalue=np.nan)
+        g.create_dataset("reason", shape=(n,), dtype=_h5py().string_dtype(), fillvalue="")
+        attrs = asdict(info)
+        attrs.pop("n_samples")
+        attrs["seed"] = -1 if info.seed is None else info.seed
+        for key in ("channels", "params", "solver_parameters", "boundary"):
+            attrs[key] = json.dumps(attrs[key])
+        attrs["domain"] = np.asarray(DOMAIN)
+        attrs["grid"] = "fields[n, c, j, i] at x_i = i/(S-1), y_j = j/(S-1)"
+        f.attrs.update(attrs)
+        f.attrs["complete"] = False
+        f.flush()
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
     return f
 
 
 def open_partial(path: str | os.PathLike, info: DatasetInfo):
-    """Reopen ``<path>.partial`` for ``--resume``; its attributes must match ``info``."""
+    """Reopen ``<path>.partial`` for ``--resume`` (inside ``exclusive(path)``); its attributes must
+    match ``info``."""
     path = Path(path)
     tmp = partial_path(path)
     if path.exists():
+        read_info(path)  # refuses a file that is not marked complete
         raise PiddmError(f"{path} is already complete; pass --overwrite to regenerate it")
     if not tmp.exists():
         raise PiddmError(f"nothing to resume: {tmp} does not exist; drop --resume to start afresh")
     f = _open(tmp, "r+")
-    have = _info_from_attrs(tmp, f)
+    have = _info_from_attrs(tmp, f, partial=True)
     for key in ("problem", "channels", "resolution", "n_samples", "seed", "params"):
         if getattr(have, key) != getattr(info, key):
             f.close()
@@ -168,11 +214,27 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         return _info_from_attrs(path, f)
 
 
+def _check_operator(path: Path, f, info: DatasetInfo) -> None:
+    """A stored residual operator must be the file's problem, parameters, grid and channels."""
+    if OPERATOR_GROUP not in f:
+        return
+    a = f[OPERATOR_GROUP].attrs
+    have = (str(a["problem"]), json.loads(a["params"]), int(a["resolution"]), json.loads(a["channels"]))
+    want = (info.problem, info.params, info.resolution, info.channels)
+    if have != want:
+        names = ("problem", "params", "resolution", "channels")
+        diff = "; ".join(f"{n} {w!r} vs operator {h!r}" for n, h, w in zip(names, have, want) if h != w)
+        raise PiddmError(f"{path}: the file's attributes disagree with its residual operator ({diff}); "
+                         f"fix the attributes or re-export with `piddm export-operator {path}`")
+
+
 def read(path: str | os.PathLike, indices=None) -> tuple[DatasetInfo, np.ndarray, np.ndarray]:
-    """(info, fields[n, C, S, S], status[n]) for the given sample indices (all by default)."""
+    """(info, fields[n, C, S, S], status[n]) for the given sample indices (all by default), with
+    the checks of ``check_dataset`` applied to what is read."""
     path = Path(path)
     with _open(path) as f:
         info = _info_from_attrs(path, f)
+        _check_operator(path, f, info)
         idx = np.arange(info.n_samples) if indices is None else np.asarray(indices, dtype=int)
         if idx.size and (idx.min() < 0 or idx.max() >= info.n_samples):
             raise PiddmError(
@@ -184,22 +246,40 @@ def read(path: str | os.PathLike, indices=None) -> tuple[DatasetInfo, np.ndarray
             uniq, inverse = np.unique(idx, return_inverse=True)
             fields = f["fields"][uniq][inverse]
         status = f["status"][:][idx] if "status" in f else np.full(idx.size, STATUS_OK, "i1")
-    check_fields(path, info, fields, status)
+    check_fields(path, info, fields, status, idx)
     return info, fields, status
 
 
-def check_fields(where, info: DatasetInfo, fields: np.ndarray, status=None) -> None:
-    """Shape and finiteness checks; failed or pending samples may hold NaN."""
+def check_dataset(path: str | os.PathLike, chunk: int = 64) -> DatasetInfo:
+    """The checks every command that reads a dataset runs before it starts (validate,
+    export-operator, teacher train, distill, infer, evaluation): a complete piddm-fem file whose
+    fields have the shape its attributes give, finite on every ok sample, and whose stored
+    residual operator (if any) has its problem, parameters, grid and channels. Reads in chunks."""
+    path = Path(path)
+    with _open(path) as f:
+        info = _info_from_attrs(path, f)
+        _check_operator(path, f, info)
+        status = f["status"][:] if "status" in f else np.full(info.n_samples, STATUS_OK, "i1")
+        for start in range(0, max(info.n_samples, 1), chunk):
+            idx = np.arange(start, min(info.n_samples, start + chunk))
+            check_fields(path, info, f["fields"][start:start + chunk], status[idx], idx)
+    return info
+
+
+def check_fields(where, info: DatasetInfo, fields: np.ndarray, status=None, indices=None) -> None:
+    """Shape and finiteness checks; failed or pending samples may hold NaN. ``indices`` are the
+    file indices of the rows (for the message)."""
     c, s = len(info.channels), info.resolution
     if fields.ndim != 4 or fields.shape[1:] != (c, s, s):
         raise PiddmError(
             f"{where}: fields have shape {tuple(fields.shape)}, expected (N, {c}, {s}, {s}) for "
-            f"channels {info.channels}; write all channels on the S x S grid"
+            f"channels {info.channels} and resolution {s}; write all channels on the S x S grid"
         )
     good = np.ones(fields.shape[0], bool) if status is None else np.asarray(status) == STATUS_OK
     bad = ~np.isfinite(fields[good]).all(axis=(1, 2, 3))
     if bad.any():
-        first = int(np.flatnonzero(good)[np.flatnonzero(bad)[0]])
+        row = int(np.flatnonzero(good)[np.flatnonzero(bad)[0]])
+        first = row if indices is None else int(indices[row])
         raise PiddmError(
             f"{where}: sample {first} (and {int(bad.sum()) - 1} more) contains NaN/Inf; "
             "regenerate those samples or drop them"
@@ -213,17 +293,19 @@ def write(path: str | os.PathLike, info: DatasetInfo, fields: np.ndarray, *,
     ``extra`` maps dataset names to arrays stored beside ``fields`` (e.g. ensemble std)."""
     info.n_samples = int(fields.shape[0])
     check_fields(path, info, fields)
-    f = create(path, info, overwrite=overwrite)
-    try:
-        f["fields"][...] = fields
-        f["status"][...] = STATUS_OK
-        for name, arr in (extra or {}).items():
-            f.create_dataset(name, data=np.asarray(arr))
-    except BaseException:
-        f.close()
-        partial_path(path).unlink(missing_ok=True)
-        raise
-    finalize(path, f)
+    with exclusive(path):
+        partial_path(path).unlink(missing_ok=True)  # a whole-file write never resumes
+        f = create(path, info, overwrite=overwrite)
+        try:
+            f["fields"][...] = fields
+            f["status"][...] = STATUS_OK
+            for name, arr in (extra or {}).items():
+                f.create_dataset(name, data=np.asarray(arr))
+        except BaseException:
+            f.close()
+            partial_path(path).unlink(missing_ok=True)
+            raise
+        finalize(path, f)
 
 
 # -- the residual operator (written by piddm_fem.solvers.export, read by piddm_fem.residual) ----

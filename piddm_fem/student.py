@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from piddm_fem import checkpoint, schema
+from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import Normalizer
 from piddm_fem.edm import SIGMA_MAX, EDMPrecond, noise_for_indices
 from piddm_fem.errors import PiddmError
@@ -31,6 +31,11 @@ from piddm_fem.teacher import build_network, load_teacher, resolve_device, teach
 
 OPERATOR_FILE, PAIRS_FILE = "operator.h5", "pairs.h5"
 VAL_SEED_OFFSET = 1_000_003  # validation pairs use a noise stream the bank never draws from
+RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp", "[0, inf)"),
+          "pairs": ("--pairs", "[1, inf)"), "teacher_steps": ("--teacher-steps", "[1, inf)"),
+          "refresh": ("--refresh", "[0, inf)"), "refresh_fraction": ("refresh_fraction", "(0, 1]"),
+          "batch": ("--batch", "[1, inf)"), "lr": ("--lr", "(0, inf)"),
+          "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)")}
 
 
 @dataclass
@@ -67,7 +72,7 @@ class Distiller:
         self.out_dir, self.device = Path(out_dir), device
         self.teacher, self.teacher_ckpt = load_teacher(teacher_dir, device)
         self.teacher_path = checkpoint.resolve(teacher_dir)
-        info = schema.read_info(data_path)
+        info = schema.check_dataset(data_path)
         checkpoint.check_compatible(self.teacher_ckpt, info, data_path)
         prev = None
         if resume:
@@ -78,7 +83,9 @@ class Distiller:
                 raise PiddmError(f"{self.out_dir} already holds a student; pass --resume to continue "
                                  "it or choose another --out")
             self.cfg = DistillConfig(**settings)
-        self.operator = self._operator(data_path, info)
+        checks.check_options(self.cfg, RANGES)
+        checks.output_dir(self.out_dir)
+        self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
         self.student = OneStepStudent(copy.deepcopy(self.teacher).requires_grad_(True)).train()
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
@@ -97,14 +104,12 @@ class Distiller:
             (self.out_dir / PAIRS_FILE).unlink()
             self.bank = PairBank(*bank_args)
 
-    def _operator(self, data_path, info) -> ResidualOperator:
-        """The dataset's residual operator, copied next to the student for later sampling."""
+    def _operator(self, data_path) -> ResidualOperator:
+        """The dataset's residual operator (``schema.check_dataset`` has matched it to the data's
+        problem, parameters and grid), copied next to the student for later sampling."""
         op = schema.read_operator(data_path)
         if op is None:
             raise PiddmError(f"{data_path} holds no residual operator; run `piddm export-operator {data_path}`")
-        if (op["problem"], op["resolution"]) != (info.problem, info.resolution):
-            raise PiddmError(f"{data_path}: its operator is for {op['problem']} S={op['resolution']}; "
-                             f"re-export it with `piddm export-operator {data_path}`")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         import h5py
 
@@ -244,8 +249,8 @@ def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, la
                    out_path=None, device: str = "auto", batch: int = 64, overwrite: bool = False) -> dict:
     """`piddm sample`: ``sample_fields`` of the student in ``student_dir``, written in the
     dataset schema when ``out_path`` is given."""
-    if out_path is not None and Path(out_path).exists() and not overwrite:
-        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
+    if out_path is not None:
+        checks.output_file(out_path, overwrite)
     student, ckpt, normalizer, operator = load_student(student_dir, resolve_device(device))
     stats = sample_fields(student, ckpt, normalizer, operator, n, seed, refine_steps, lambda_infer, batch)
     if out_path is not None:
@@ -268,6 +273,7 @@ def sample_fields(student, ckpt: dict, normalizer, operator, n: int, seed: int =
 
     if n < 1 or batch < 1 or refine_steps < 0:
         raise PiddmError(f"--n {n} and --batch {batch} must be >= 1 and --refine {refine_steps} >= 0")
+    checks.check_range("--lambda-infer", lambda_infer, "[0, inf)")
     dev = next(student.parameters()).device
     fields = np.empty((n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"]))
     before, after = np.empty(n), np.empty(n)

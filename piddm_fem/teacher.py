@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from piddm_fem import checkpoint, schema
+from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import (DEFAULT_FRACTIONS, FieldDataset, InfiniteSampler, Normalizer,
                             compute_normalizer, open_dataset)
 from piddm_fem.edm import SIGMA_DATA, EDMLoss, EDMPrecond, heun_sample, noise_for_indices
@@ -29,6 +29,9 @@ from piddm_fem.progress import progress_bar
 from piddm_fem.unet import UNet, UNetConfig, padding_for, preset
 
 ARCHITECTURE = ("size", "padding", "embedding")
+RANGES = {"batch": ("--batch", "[1, inf)"), "lr": ("--lr", "(0, inf)"), "warmup": ("--warmup", "[0, inf)"),
+          "val_every": ("--val-every", "[1, inf)"), "val_samples": ("val_samples", "[1, inf)"),
+          "workers": ("--workers", "[0, inf)")}
 
 
 @dataclass
@@ -95,13 +98,17 @@ def _resolve_config(ckpt: dict | None, settings: dict) -> TrainConfig:
     if unknown:
         raise TypeError(f"unknown training settings {sorted(unknown)}")
     if ckpt is None:
-        return TrainConfig(**settings)
+        cfg = TrainConfig(**settings)
+        checks.check_options(cfg, RANGES)
+        return cfg
     cfg = TrainConfig(**{**ckpt["config"]["train"], "fractions": tuple(ckpt["config"]["train"]["fractions"])})
     for key in ARCHITECTURE + ("fractions", "split_seed"):
         if key in settings and settings[key] != getattr(cfg, key):
             raise PiddmError(f"--resume: {key}={settings[key]!r} differs from the checkpoint's "
                              f"{getattr(cfg, key)!r}; drop the option or train into a new --out")
-    return replace(cfg, **settings)
+    cfg = replace(cfg, **settings)
+    checks.check_options(cfg, RANGES)
+    return cfg
 
 
 class TeacherTrainer:
@@ -118,6 +125,7 @@ class TeacherTrainer:
             raise PiddmError(f"{last} exists; pass --resume to continue it or choose another --out")
         ckpt = checkpoint.load(last, kind="teacher") if resume else None
         self.cfg = _resolve_config(ckpt, settings)
+        checks.output_dir(self.out_dir)
         if self.cfg.batch % world:
             raise PiddmError(f"--batch {self.cfg.batch} is not divisible by {world} processes; "
                              "pick a multiple of the process count")
@@ -302,8 +310,8 @@ def sample_teacher(ckpt_path, n: int, num_steps: int = 18, seed: int = 0, out_pa
     ``out_path`` is given, write them in the dataset schema with source="teacher"."""
     if n < 1 or num_steps < 1 or batch < 1:
         raise PiddmError(f"--n {n}, --steps {num_steps} and batch {batch} must all be >= 1")
-    if out_path is not None and Path(out_path).exists() and not overwrite:
-        raise PiddmError(f"{out_path} exists; pass --overwrite to replace it")
+    if out_path is not None:
+        checks.output_file(out_path, overwrite)
     dev = resolve_device(device)
     net, ckpt = load_teacher(ckpt_path, dev)
     normalizer = Normalizer.from_dict(ckpt["normalization"])

@@ -6,7 +6,7 @@ a = 12 where a Gaussian random field (alpha = 2, tau = 3) is >= 0, and 3 elsewhe
 import firedrake as fd
 import numpy as np
 
-from piddm_fem.solvers.grf import gaussian_random_field
+from piddm_fem.solvers.grf import GRF_RANGES, gaussian_random_field
 from piddm_fem.solvers.problem import Problem
 
 
@@ -14,6 +14,7 @@ class Darcy(Problem):
     name = "darcy"
     channels = ("a", "u")
     default_params = {"f": 1.0, "a_high": 12.0, "a_low": 3.0, "alpha": 2.0, "tau": 3.0}
+    param_ranges = {**GRF_RANGES, "a_high": "(0, inf)", "a_low": "(0, inf)"}
 
     def form(self, fields, v):
         a, u = fields["a"], fields["u"]

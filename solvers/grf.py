@@ -6,6 +6,9 @@ the square root of the covariance's eigenvalues, with the mean mode removed. num
 
 import numpy as np
 
+# alpha > 1: the field has finite variance in two dimensions; tau > 0: the covariance is defined.
+GRF_RANGES = {"alpha": "(1, inf)", "tau": "(0, inf)"}
+
 
 def gaussian_random_field(S: int, rng: np.random.Generator, alpha: float = 2.0, tau: float = 3.0):
     """One sample [S, S] (index [j, i] as on the grid)."""

@@ -2,7 +2,7 @@
 
 import firedrake as fd
 
-from piddm_fem.solvers.grf import gaussian_random_field
+from piddm_fem.solvers.grf import GRF_RANGES, gaussian_random_field
 from piddm_fem.solvers.problem import Problem
 
 
@@ -11,6 +11,7 @@ class Helmholtz(Problem):
     channels = ("f", "u")
     default_params = {"k": 1.0, "alpha": 2.0, "tau": 3.0}
     spd = False  # indefinite once k^2 exceeds the first Dirichlet eigenvalue: GMRES, not CG
+    param_ranges = {**GRF_RANGES, "k": "[0, inf)"}
 
     def form(self, fields, v):
         f, u = fields["f"], fields["u"]

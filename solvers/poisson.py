@@ -2,7 +2,7 @@
 
 import firedrake as fd
 
-from piddm_fem.solvers.grf import gaussian_random_field
+from piddm_fem.solvers.grf import GRF_RANGES, gaussian_random_field
 from piddm_fem.solvers.problem import Problem
 
 
@@ -10,6 +10,7 @@ class Poisson(Problem):
     name = "poisson"
     channels = ("f", "u")
     default_params = {"alpha": 2.0, "tau": 3.0}
+    param_ranges = GRF_RANGES
 
     def form(self, fields, v):
         f, u = fields["f"], fields["u"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import firedrake as fd
 import numpy as np
 
+from piddm_fem.checks import check_range
 from piddm_fem.errors import PiddmError
 
 LU = {
@@ -42,12 +43,17 @@ SOLVERS = ("direct", "krylov")
 
 class Problem:
     """Subclasses set ``name``, ``channels``, ``unknown``, ``default_params`` and define
-    ``form`` and ``sample_coefficients``; the rest has defaults."""
+    ``form`` and ``sample_coefficients``; the rest has defaults.
+
+    ``param_ranges`` maps a parameter to the interval it must lie in, written like "(0, inf)" or
+    "[0, 1]"; a parameter without an entry must be a finite number. Every value is checked when
+    the problem is built, before any file is written."""
 
     name: str = ""
     channels: tuple[str, ...] = ()
     unknown: str = "u"
     default_params: dict = {}
+    param_ranges: dict = {}
     linear: bool = True
     spd: bool = True  # symmetric positive definite Jacobian: CG applies ("krylov" solver)
     boundary: tuple[str, str] = ("dirichlet", "dirichlet")  # per axis (x, y), stored in datasets
@@ -60,6 +66,8 @@ class Problem:
                 f"known: {sorted(self.default_params)}"
             )
         self.params = {**self.default_params, **params}
+        for key, value in self.params.items():
+            check_range(key, value, self.param_ranges.get(key, "(-inf, inf)"), f"problem {self.name!r}")
 
     @property
     def coefficients(self) -> tuple[str, ...]:

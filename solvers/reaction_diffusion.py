@@ -15,6 +15,7 @@ from piddm_fem.solvers.darcy import Darcy
 class ReactionDiffusion(Darcy):
     name = "reaction_diffusion"
     default_params = {**Darcy.default_params, "f": 200.0, "kappa": 100.0}
+    param_ranges = {**Darcy.param_ranges, "kappa": "[0, inf)"}  # kappa < 0 loses monotonicity
     linear = False
 
     def form(self, fields, v):

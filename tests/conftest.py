@@ -17,6 +17,16 @@ except ImportError:
 import pytest  # noqa: E402
 
 
+def assert_one_line_error(code, err, *words):
+    """Exit code 2 and one line `error: ...` containing ``words``, no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, err
+
+
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run the `piddm` console entry point in-process: returns (exit code, stdout, stderr)."""

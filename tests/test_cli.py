@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,18 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error
 from piddm_fem import schema
 
 PIDDM = os.path.join(os.path.dirname(sys.executable), "piddm")
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in err, err
 
 
 def test_bad_input_gives_one_line_errors(cli, tmp_path, darcy_file):
@@ -49,7 +42,8 @@ def _write_raw(path, info, fields):
     with h5py.File(path, "w") as f:
         f["fields"] = fields
         f.attrs.update({"problem": info.problem, "channels": json.dumps(info.channels),
-                        "resolution": info.resolution, "schema_version": schema.SCHEMA_VERSION})
+                        "resolution": info.resolution, "schema_version": schema.SCHEMA_VERSION,
+                        "complete": True})
 
 
 def test_nan_and_wrong_channel_count_are_rejected(cli, tmp_path, darcy_file):
@@ -118,3 +112,84 @@ def test_export_operator_adds_an_operator_to_any_file(cli, tmp_path, darcy_file)
 def test_bench_rejects_an_unknown_benchmark(cli):
     code, _, err = cli("bench", "nope")
     assert_one_line_error(code, err, "unknown benchmark")
+
+
+@pytest.fixture
+def read_only():
+    """Make paths unwritable even for root (chattr +i; chmod for other users); undone afterwards."""
+    made = []
+
+    def make(path):
+        if os.geteuid() == 0:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+                pytest.skip("chattr +i is not permitted here, so root can write everywhere")
+        else:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o755)
+
+
+def test_bad_values_and_outputs_are_refused_before_any_work(cli, tmp_path, darcy_file, tiny_teacher,
+                                                            read_only):
+    x = tmp_path / "x.h5"
+    a_dir = tmp_path / "a_dir"
+    a_dir.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    (tmp_path / "ro").mkdir()
+    ro = read_only(tmp_path / "ro")
+    ro_file = tmp_path / "ro_file.h5"
+    shutil.copy(darcy_file, ro_file)
+    read_only(ro_file)
+    gen = ("generate", "darcy", "-n", "1", "--res", "9")
+    cases = [
+        ((*gen[:-1], "100000", "--out", x), ("GiB", "--force")),
+        ((*gen[:-1], "100000", "--out", x, "--force"), ("4 GiB chunk limit",)),
+        (("solve", "darcy", "--res", "100000"), ("GiB", "--force")),
+        ((*gen, "--out", x, "--param", "tau=0", "--param", "alpha=0"), ("alpha=0.0 is outside (1, inf)",)),
+        ((*gen, "--out", x, "--param", "tau=0"), ("tau=0.0 is outside (0, inf)",)),
+        (("solve", "helmholtz", "--param", "k=nan"), ("k=nan",)),
+        (("solve", "darcy", "--param", "a_low=-3"), ("a_low=-3.0", "(0, inf)")),
+        (("teacher", "train", darcy_file, "--out", tmp_path / "t0", "--batch", "0"), ("--batch=0",)),
+        ((*gen, "--out", a_dir, "--overwrite"), ("is a directory",)),
+        (("demo", "--quick", "--out", a_file), ("is a file",)),
+        (("solve", "darcy", "--res", "9", "--vtk", a_file), ("is a file",)),
+        (("validate", darcy_file, "--max-residual", "-1"), ("--max-residual=-1.0",)),
+        (("validate", darcy_file, "--max-residual", "nan"), ("--max-residual=nan",)),
+        (("distill", tiny_teacher, "--data", darcy_file, "--out", tmp_path / "s", "--lambda-train", "-1"),
+         ("--lambda-train=-1.0",)),
+        ((*gen, "--out", ro / "x.h5"), ("cannot write",)),
+        (("teacher", "train", darcy_file, "--out", ro / "t"), ("cannot write",)),
+        (("teacher", "sample", tiny_teacher, "--n", "1", "--out", ro / "x.h5"), ("cannot write",)),
+        (("export-operator", ro_file), ("cannot write",)),
+    ]
+    for args, words in cases:
+        code, _, err = cli(*args)
+        assert_one_line_error(code, err, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file", "ro", "ro_file.h5"]
+    assert not any(a_dir.iterdir()) and not any((tmp_path / "ro").iterdir())
+    code, _, err = cli("validate", darcy_file, "--json", tmp_path / "no" / "dir" / "r.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "no" / "dir" / "r.json").read_text())["passed"]
+
+
+@pytest.mark.mpi
+def test_a_bad_parameter_under_mpiexec_is_one_clean_line(tmp_path):
+    from piddm_fem.solvers import mpiexec_env
+
+    proc = subprocess.run(["mpiexec", "-n", "2", PIDDM, "generate", "darcy", "-n", "2", "--res", "9",
+                           "--param", "tau=0", "--out", str(tmp_path / "m.h5")],
+                          capture_output=True, text=True, timeout=300, env=mpiexec_env())
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert [line for line in output.splitlines() if "error:" in line] == [
+        "error: problem 'darcy': tau=0.0 is outside (0, inf); pick a value in (0, inf)"], output
+    assert "Traceback" not in output and "MPI_ABORT" not in output and "\x1b[" not in output
+    assert not list(tmp_path.iterdir())

@@ -71,4 +71,5 @@ def test_two_ranks_give_the_same_file(tmp_path, darcy_file):
            "--seed", "3", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=mpiexec_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\x1b[" not in proc.stdout + proc.stderr  # ranks write to a pty, yet no colour codes
     assert np.array_equal(schema.read(out)[1], schema.read(darcy_file)[1])

@@ -179,7 +179,11 @@ def test_mismatched_problem_or_grid_is_an_error(trained, tmp_path):
         checkpoint.check_compatible(ckpt, schema.DatasetInfo("darcy", ["a", "u"], 33, 1), "DATA.h5")
     with pytest.raises(PiddmError, match=r"channels \['a', 'u'\] vs \['k', 'u'\]"):
         checkpoint.check_compatible(ckpt, schema.DatasetInfo("darcy", ["k", "u"], S, 1), "DATA.h5")
-    checkpoint.check_compatible(ckpt, schema.DatasetInfo("darcy", ["a", "u"], S, 1), "DATA.h5")
+    with pytest.raises(PiddmError, match=r"parameters \{'f': 1.0\} but DATA\.h5 has \{'f': 5.0\}"):
+        checkpoint.check_compatible(ckpt, schema.DatasetInfo("darcy", ["a", "u"], S, 1, params={"f": 5.0}),
+                                    "DATA.h5")
+    checkpoint.check_compatible(ckpt, schema.DatasetInfo("darcy", ["a", "u"], S, 1, params={"f": 1.0}),
+                                "DATA.h5")
 
 
 def test_bad_checkpoint_files(tmp_path, data):
