@@ -91,7 +91,11 @@ def load(ckpt_or_dir, kind: str | None = None, map_location="cpu") -> dict:
     if missing:
         raise PiddmError(f"{path}: not a piddm-fem checkpoint (missing {', '.join(missing)}); "
                          "pass a last.pt/best.pt written by piddm")
-    if ckpt.get("checksum") != checksum(ckpt):
+    if "checksum" not in ckpt:
+        raise PiddmError(f"{path}: written without a checksum (piddm-fem {ckpt.get('version', '?')}, before "
+                         "checkpoints carried one); retrain it, or re-save a copy you trust with "
+                         "piddm_fem.checkpoint.save")
+    if ckpt["checksum"] != checksum(ckpt):
         raise PiddmError(f"{path}: checksum mismatch, the file is corrupt or was modified after "
                          "it was written; retrain or restore a good copy")
     if kind is not None and ckpt["kind"] != kind:

@@ -209,6 +209,15 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(cli, tmp_path, tiny_teacher, d
     assert not (tmp_path / "s" / "last.pt").exists()
 
 
+def test_a_checkpoint_without_checksum_says_so(cli, tmp_path, tiny_teacher):
+    ckpt = tmp_path / "old.pt"
+    old = torch.load(checkpoint.resolve(tiny_teacher), weights_only=True)
+    del old["checksum"]
+    torch.save(old, ckpt)
+    code, _, err = cli("teacher", "sample", ckpt, "--n", 1, "--steps", 1, "--out", tmp_path / "x.h5")
+    assert_one_line_error(code, err, str(ckpt), "written without a checksum")
+
+
 def _bad_copies(darcy_file, tmp_path):
     """Copies of a good dataset, each with one fault `teacher train` used to accept."""
     def copy(name, edit):
