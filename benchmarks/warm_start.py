@@ -5,8 +5,8 @@
 
 For each student (its problem and grid come from the checkpoint), ``--n`` held-out coefficient
 draws (seed 10000; the datasets use seed 0) are solved with each solver from three starts:
-zero, the student (one call on the best of 4 restarts' eps) and the student followed by
-Algorithm 3's forward task (``--steps`` Adam steps). Every solve stops at the same test,
+zero, the student (one network call, ``--restarts`` 1) and the student followed by Algorithm 3's
+forward task (``--steps`` Adam steps from the same eps). Every solve stops at the same test,
 ||F(u_k)|| <= 1e-12 ||F(0)|| (DiscreteProblem.solve). Printed: Newton and linear iterations,
 solve seconds, and seconds with the student's own time, as median [min, max]; then the time per
 field of ``Surrogate.sample`` (batch 64, Functions included) against one direct FEM solve.
@@ -78,8 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, action="append", required=True, help="student run directory (repeatable)")
     parser.add_argument("--n", type=int, default=32, help="held-out coefficient draws")
-    parser.add_argument("--steps", type=int, default=50, help="forward-task steps of the third start")
-    parser.add_argument("--restarts", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=200, help="forward-task steps of the third start")
+    parser.add_argument("--restarts", type=int, default=1, help="eps per draw (1: one network call)")
     parser.add_argument("--solver", action="append", choices=("direct", "krylov"), help="default: both")
     parser.add_argument("--sampling-only", action="store_true",
                         help="time Surrogate.sample against the FEM solve only (e.g. an untrained S = 64 student)")

@@ -10,9 +10,7 @@ S^2) and compares the adjoint from a constant, the student's latent inversion wi
 FEM solve in the loop, and the adjoint started from the student's estimate.
 """
 
-import argparse
 import os
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
@@ -22,6 +20,7 @@ from piddm_fem import metrics  # noqa: E402
 from piddm_fem.solvers.generate import sample_rng  # noqa: E402
 from piddm_fem.solvers.inverse import AdjointInversion, alpha_for, invert  # noqa: E402
 from piddm_fem.solvers.surrogate import Surrogate  # noqa: E402
+from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 import firedrake as fd  # noqa: E402, I001  (after piddm: PETSc must not parse our options)
 
@@ -34,20 +33,10 @@ def point_values(f, points: np.ndarray) -> np.ndarray:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", type=Path, help="a Darcy student run directory")
-    parser.add_argument("--quick", action="store_true", help="train a tiny student first (seconds)")
-    parser.add_argument("--out", type=Path, default=Path("inverse_out"))
-    parser.add_argument("--problems", type=int, default=2, help="held-out problems in part 2")
-    parser.add_argument("--iterations", type=int, default=100, help="L-BFGS-B iterations at most")
-    args = parser.parse_args()
-    if args.student is None:
-        from quickstart import QUICK, train_pipeline
-
-        if not args.quick:
-            parser.error("pass --student DIR or --quick")
-        args.student = train_pipeline("darcy", args.out / "pipeline", QUICK)
-    surrogate = Surrogate.load(args.student, device="cpu")
+    args, student = example_arguments(__doc__, "darcy", "inverse_out", **{
+        "--problems": (int, 2, "held-out problems in part 2"),
+        "--iterations": (int, 100, "L-BFGS-B iterations at most")})
+    surrogate = Surrogate.load(student, device="cpu")
     disc, S = surrogate.disc, surrogate.S
     threshold = (disc.problem.params["a_low"] + disc.problem.params["a_high"]) / 2
 

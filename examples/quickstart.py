@@ -45,6 +45,22 @@ def train_pipeline(problem: str, out: Path, settings: dict) -> Path:
     return student
 
 
+def example_arguments(doc: str, problem: str, out: str, **extra) -> tuple[argparse.Namespace, Path]:
+    """The other examples' command line: --student DIR, or --quick (a tiny student trained for
+    ``problem`` under OUT/pipeline), --out, plus ``extra`` {"--name": (type, default, help)}.
+    Returns the parsed arguments and the student directory."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--student", type=Path, help=f"a {problem} student run directory")
+    parser.add_argument("--quick", action="store_true", help="train a tiny student first (seconds)")
+    parser.add_argument("--out", type=Path, default=Path(out))
+    for name, (kind, default, help_text) in extra.items():
+        parser.add_argument(name, type=kind, default=default, help=help_text)
+    args = parser.parse_args()
+    if args.student is None and not args.quick:
+        parser.error("pass --student DIR or --quick")
+    return args, args.student or train_pipeline(problem, args.out / "pipeline", QUICK)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", default="darcy")

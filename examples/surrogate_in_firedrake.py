@@ -9,32 +9,21 @@ the outflow -∫ a ∇u·n ds (equal to ∫ f dx for the exact solution) and the
 compared with the FEM solution of the same coefficient. Writes surrogate.pvd for ParaView.
 """
 
-import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
 from piddm_fem.solvers.surrogate import Surrogate  # piddm first: PETSc must not parse our options
+from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 import firedrake as fd  # noqa: E402, I001
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", type=Path, help="a Darcy student run directory")
-    parser.add_argument("--quick", action="store_true", help="train a tiny student first (seconds)")
-    parser.add_argument("--out", type=Path, default=Path("surrogate_out"))
-    args = parser.parse_args()
-    if args.student is None:
-        from quickstart import QUICK, train_pipeline
+    args, student = example_arguments(__doc__, "darcy", "surrogate_out")
 
-        if not args.quick:
-            parser.error("pass --student DIR or --quick")
-        args.student = train_pipeline("darcy", args.out / "pipeline", QUICK)
-
-    surrogate = Surrogate.load(args.student, device="cpu")
+    surrogate = Surrogate.load(student, device="cpu")
     problem = surrogate.problem
 
     # Joint samples as Functions on the student's own Q1 mesh.

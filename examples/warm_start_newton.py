@@ -8,35 +8,24 @@ the same test, ||F(u_k)|| <= 1e-12 ||F(0)||, so a better start can stop earlier;
 own time is printed beside the solve's.
 """
 
-import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
 from piddm_fem.solvers.discrete import STOP_RTOL  # piddm first: PETSc must not parse our options
 from piddm_fem.solvers.generate import sample_rng
 from piddm_fem.solvers.surrogate import Surrogate
+from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 import firedrake as fd  # noqa: E402, I001
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", type=Path, help="a reaction_diffusion student run directory")
-    parser.add_argument("--quick", action="store_true", help="train a tiny student first (seconds)")
-    parser.add_argument("--out", type=Path, default=Path("warm_start_out"))
-    parser.add_argument("--draws", type=int, default=3, help="held-out coefficient draws")
-    args = parser.parse_args()
-    if args.student is None:
-        from quickstart import QUICK, train_pipeline
+    args, student = example_arguments(__doc__, "reaction_diffusion", "warm_start_out",
+                                      **{"--draws": (int, 3, "held-out coefficient draws")})
 
-        if not args.quick:
-            parser.error("pass --student DIR or --quick")
-        args.student = train_pipeline("reaction_diffusion", args.out / "pipeline", QUICK)
-
-    surrogate = Surrogate.load(args.student, device="cpu")
+    surrogate = Surrogate.load(student, device="cpu")
     disc = surrogate.disc  # the student's problem on its grid: form, BCs, solvers
     surrogate.predict(disc.problem.sample_coefficients(disc.S, sample_rng(10_000, 0)))  # warm-up call
     print(f"{'draw':>4} {'start':>6} {'Newton':>6} {'linear':>6} {'solve s':>8} {'student s':>9}")

@@ -29,7 +29,7 @@ from piddm_fem.solvers.gridmap import GridMap
 
 # The regularisation weight alpha of the H1 term, per relative observation noise level, chosen on
 # calibration problems from the training split by benchmarks/inverse.py --calibrate (docs/inverse.md).
-ALPHA = {0.0: 1e-5, 0.01: 1e-4}
+ALPHA = {0.0: 1e-6, 0.01: 1e-6}
 MAXITER = 100
 
 
