@@ -12,10 +12,11 @@ import typer
 from piddm_fem.errors import PiddmError
 
 BENCHMARKS = {"residual": "residual_throughput.py", "generate": "generate_throughput.py",
-              "sampling": "teacher_sampling.py", "warm-start": "warm_start.py"}
+              "sampling": "teacher_sampling.py", "warm-start": "warm_start.py",
+              "inverse": "inverse.py"}
 
 
-def bench(which: str = typer.Argument("residual", help="residual | generate | sampling | warm-start"),
+def bench(which: str = typer.Argument("residual", help="residual | generate | sampling | warm-start | inverse"),
           args: list[str] = typer.Argument(None, help="Arguments passed to the script (after --).")):
     """Run one benchmark script; e.g. `piddm bench residual -- --res 64`."""
     if which not in BENCHMARKS:
