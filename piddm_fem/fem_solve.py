@@ -82,7 +82,7 @@ class LinearFEMSolve:
     def solve(self, x: torch.Tensor) -> torch.Tensor:
         op = self.operator
         op.check_input(x)
-        B, S = x.shape[0], op.resolution
+        S = op.resolution
         g = op.bc_values.to(x.dtype).reshape(S, S)
         bc = op.bc_mask.reshape(S, S)
         xg = x.clone()

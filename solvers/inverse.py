@@ -226,7 +226,7 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
         x = np.full_like(truth, np.nan)  # the recovered coefficient with its FEM solution
         misfit = np.full(N, np.nan)
         for n in range(N):  # the data misfit of the FEM solution for the recovered coefficient
-            fields, info = disc.solve({name: a[n]})
+            fields, _ = disc.solve({name: a[n]})
             x[n, c] = a[n]
             if fields is None:
                 continue
