@@ -74,14 +74,14 @@ def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz |
     check_memory(S, force)
     vtk, png = vtk and checks.output_dir(vtk), png and checks.output_file(png)
     surrogate = None
-    if warm_start is not None:
+    t0 = time.perf_counter()
+    if warm_start is not None:  # the student's Problem and grid are the solve's
         from piddm_fem.solvers.surrogate import Surrogate
 
         surrogate = Surrogate.load(warm_start)
         surrogate.check_matches(prob, S)
-    t0 = time.perf_counter()
     disc = DiscreteProblem(prob, S) if surrogate is None else surrogate.disc
-    setup = time.perf_counter() - t0
+    setup = time.perf_counter() - t0  # mesh, spaces, forms (and loading the student)
     coefficients = prob.sample_coefficients(S, sample_rng(seed, 0))
     starts = [("cold", None, 0.0)]
     if surrogate is not None:
