@@ -111,16 +111,22 @@ class AdjointInversion:
         with fa.set_working_tape(fa.Tape()) as tape:
             fa.continue_annotation()
             try:
-                u = self._solve(m)
-                J = self._misfit(u) + fd.assemble(0.5 * self.alpha * fd.inner(fd.grad(m), fd.grad(m)) * fd.dx)
-                rf = fa.ReducedFunctional(J, fa.Control(m, riesz_map="l2"), tape=tape)  # scipy works on coefficient vectors
+                misfit = self._misfit(self._solve(m))
+                J = misfit + fd.assemble(0.5 * self.alpha * fd.inner(fd.grad(m), fd.grad(m)) * fd.dx)
+                evaluated = [float(misfit)]  # the data term at every evaluation, read off the tape
+
+                def record(j, control):
+                    evaluated.append(float(misfit.block_variable.saved_output))
+
+                # l2 Riesz map: SciPy optimises the coefficient vector, so it needs that gradient
+                rf = fa.ReducedFunctional(J, fa.Control(m, riesz_map="l2"), tape=tape, eval_cb_post=record)
             finally:
                 fa.pause_annotation()
-            history, current = [self.data_misfit(m)], fd.Function(self.V)
+            history, current = [evaluated[0]], fd.Function(self.V)
 
-            def callback(xk):
+            def callback(xk):  # after each iteration; its last evaluation was at the new iterate
                 current.dat.data[:] = xk
-                history.append(self.data_misfit(current))
+                history.append(evaluated[-1])
 
             try:
                 m_opt = fa.minimize(rf, method="L-BFGS-B", callback=callback,
@@ -129,13 +135,8 @@ class AdjointInversion:
                 if "SciPy" not in type(exc).__name__:
                     raise
                 m_opt = current if len(history) > 1 else m
-        return {"a": self.gridmap.to_grid(self.coefficient(m_opt)), "iterations": len(history) - 1, "misfit": history[-1],
-                "history": history, "seconds": time.perf_counter() - t0}
-
-    def data_misfit(self, m) -> float:
-        """The data term of the objective for control m (no taping)."""
-        with fa.stop_annotating():
-            return float(self._misfit(self._solve(m)))
+        return {"a": self.gridmap.to_grid(self.coefficient(m_opt)), "iterations": len(history) - 1,
+                "misfit": history[-1], "history": history, "seconds": time.perf_counter() - t0}
 
 
 def grid_points(mask: np.ndarray) -> np.ndarray:
