@@ -109,8 +109,6 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
                         fraction=fraction, steps=steps, lam=lam, restarts=restarts, seed=seed)
     info.source, info.solver_parameters = f"student-{task}", {
         "task": task, "steps": steps, "lambda": lam, "restarts": restarts, "indices": list(index)}
-    if out_path is None:
-        raise PiddmError("--json is for --task inverse; give --out FILE.h5")
     schema.write(out_path, info, result["mean"], overwrite=overwrite,
                  extra={"std": result["std"], "mask": result["mask"], "truth": truth,
                         **{f"errors/{k}": v for k, v in result["errors"].items()}})
@@ -133,7 +131,7 @@ def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics,
     methods = [physics] + ([f"{physics}+adjoint"] if adjoint_steps else [])
     result = invert(problem, truth, methods, student=student, normalizer=normalizer, operator=operator,
                     seed=seed, noise=noise, points=points, steps=steps, restarts=restarts, lam=lam,
-                    adjoint_steps=adjoint_steps or 1)
+                    adjoint_steps=adjoint_steps)
     final = result["methods"][methods[-1]]
     if out_path is not None:
         info.source, info.solver_parameters = f"student-inverse-{physics}", {
@@ -146,7 +144,6 @@ def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics,
                   "alpha": result["alpha"], "points": int(result["mask"][0].sum()),
                   "methods": {k: {"problems": v["problems"], "summary": v["summary"]}
                               for k, v in result["methods"].items()}}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         tmp = json_out.with_name(json_out.name + ".partial")
         tmp.write_text(json.dumps(report, indent=1))
         tmp.replace(json_out)

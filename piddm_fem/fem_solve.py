@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from piddm_fem.errors import PiddmError
-from piddm_fem.residual import _LETTERS, ResidualOperator
+from piddm_fem.residual import ResidualOperator
 
 
 def block_tridiagonal_solve(lower, diag, upper, rhs):
@@ -61,20 +61,10 @@ class LinearFEMSolve:
         """[B, S, 3, S, S]: entry [b, j, d, i, i'] is dR_(j,i) / du_(j+d-1, i')."""
         op = self.operator
         B, S = x.shape[0], op.resolution
-        cells = x.reshape(B, len(op.channels), S * S)[:, :, op.connectivity]  # [B, C, ncell, nloc]
+        cells = op.cell_values(x)
         local = None
-        for t in self.matrix_terms:
-            combo = op.term_channels[t]
-            tensor = getattr(op, f"term{t}").to(dtype=x.dtype)
-            at = combo.index(op.unknown)
-            letters = _LETTERS[:len(combo)]
-            others = [m for m in range(len(combo)) if m != at]
-            if others:
-                spec = ("ei" + letters + "," + ",".join("be" + letters[m] for m in others)
-                        + "->bei" + letters[at])
-                part = torch.einsum(spec, tensor, *[cells[:, combo[m]] for m in others])
-            else:  # a constant-coefficient term, e.g. -k^2 u v
-                part = tensor.unsqueeze(0).expand(B, -1, -1, -1)
+        for t in self.matrix_terms:  # the local matrices dR_e/du_e of the terms linear in u
+            part = op.term_local(t, cells, open_at=op.term_channels[t].index(op.unknown))
             local = part if local is None else local + part
         blocks = torch.zeros(B, S * 3 * S * S, dtype=x.dtype, device=x.device)
         return blocks.index_add(1, self.block_index, local.reshape(B, -1)).reshape(B, S, 3, S, S)

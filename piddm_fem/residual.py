@@ -60,23 +60,34 @@ class ResidualOperator(torch.nn.Module):
             raise PiddmError(f"residual operator for {self.problem} expects [B, {C}, {S}, {S}] "
                              f"(channels {self.channels}), got {tuple(x.shape)}")
 
+    def cell_values(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, ncell, nloc]: every field's values at every cell's local nodes."""
+        return x.reshape(x.shape[0], len(self.channels), self._n)[:, :, self.connectivity]
+
+    def term_local(self, n: int, cells: torch.Tensor, open_at: int | None = None) -> torch.Tensor:
+        """Term ``n``'s element tensor contracted with the cell values of its factors: [B, ncell,
+        nloc] per test function; with ``open_at`` the factor at that position is left open, which
+        gives the local matrix [B, ncell, nloc, nloc] of a term linear in it."""
+        combo = self.term_channels[n]
+        tensor = getattr(self, f"term{n}").to(dtype=cells.dtype)
+        letters = _LETTERS[:len(combo)]
+        factors = [m for m in range(len(combo)) if m != open_at]
+        if not factors:
+            return tensor.unsqueeze(0).expand(cells.shape[0], *tensor.shape)
+        spec = ("ei" + letters + "," + ",".join("be" + letters[m] for m in factors)
+                + "->bei" + ("" if open_at is None else letters[open_at]))
+        return torch.einsum(spec, tensor, *[cells[:, combo[m]] for m in factors])
+
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Weak residual (assembled vector on the grid), Dirichlet rows u - g: [B, 1, S, S]."""
         self.check_input(x)
         B, S = x.shape[0], self.resolution
         flat = x.reshape(B, len(self.channels), self._n)
         conn = self.connectivity
-        cell_values = flat[:, :, conn]  # [B, C, ncell, nloc]
-        local = None
-        for n, combo in enumerate(self.term_channels):
-            tensor = getattr(self, f"term{n}").to(dtype=x.dtype)
-            k = len(combo)
-            spec = "ei" + _LETTERS[:k] + "," + ",".join("be" + _LETTERS[m] for m in range(k)) + "->bei"
-            if k == 0:
-                contribution = tensor.unsqueeze(0).expand(B, -1, -1)
-            else:
-                contribution = torch.einsum(spec, tensor, *[cell_values[:, c] for c in combo])
-            local = contribution if local is None else local + contribution
+        cells = self.cell_values(x)
+        local = self.term_local(0, cells)
+        for n in range(1, len(self.term_channels)):
+            local = local + self.term_local(n, cells)
         r = torch.zeros(B, self._n, dtype=x.dtype, device=x.device)
         r = r.index_add(1, conn.reshape(-1), local.reshape(B, -1))
         u = flat[:, self.unknown]
