@@ -28,6 +28,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Physics-informed distillation of diffusion models on Firedrake weak forms.")
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+PROBLEM_HELP = "The problem's registered name (solvers/__init__.py); an unknown name lists them."
 
 
 def parse_params(items: list[str]) -> dict:
@@ -51,7 +52,7 @@ DISAGREE = 1e-8  # torch vs FEM scaled residual, RMS relative to the load RMS (r
 
 
 @app.command()
-def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz | reaction_diffusion"),
+def solve(problem: str = typer.Argument(..., help=PROBLEM_HELP),
           res: int = typer.Option(33, "--res", help="Grid points per side S (mesh of (S-1)^2 cells)."),
           seed: int = typer.Option(0, help="Seed of the coefficient draw (sample 0 of this seed)."),
           vtk: Optional[Path] = typer.Option(None, help="Directory for a ParaView .pvd file."),
@@ -109,7 +110,7 @@ def solve(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz |
 
 
 @app.command()
-def generate(problem: str = typer.Argument(..., help="darcy | poisson | helmholtz | reaction_diffusion"),
+def generate(problem: str = typer.Argument(..., help=PROBLEM_HELP),
              n_samples: int = typer.Option(..., "--n-samples", "-n", help="Number of samples."),
              res: int = typer.Option(33, "--res", help="Grid points per side S."),
              seed: int = typer.Option(0, help="Dataset seed; sample i depends on (seed, i) only."),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from piddm_fem import __version__
+from piddm_fem import __version__, schema
 from piddm_fem.errors import PiddmError
 
 LAST, BEST = "last.pt", "best.pt"
@@ -101,6 +101,23 @@ def load(ckpt_or_dir, kind: str | None = None, map_location="cpu") -> dict:
     if kind is not None and ckpt["kind"] != kind:
         raise PiddmError(f"{path} is a {ckpt['kind']} checkpoint; pass a {kind} checkpoint")
     return ckpt
+
+
+def meta(ckpt: dict) -> dict:
+    """The problem metadata the checkpoint was trained with (defaults for older checkpoints)."""
+    return ckpt.get("meta") or schema.default_meta(ckpt["problem"], list(ckpt["channels"]))
+
+
+def boundary(ckpt: dict) -> list[str]:
+    return list(ckpt.get("boundary", schema.DEFAULT_BOUNDARY))
+
+
+def dataset_info(ckpt: dict, n: int, seed: int, source: str, solver_parameters: dict):
+    """The DatasetInfo of ``n`` fields generated from the checkpoint's model."""
+    return schema.DatasetInfo(problem=ckpt["problem"], channels=list(ckpt["channels"]),
+                              resolution=int(ckpt["resolution"]), n_samples=n, seed=seed, source=source,
+                              params=ckpt.get("params", {}), solver_parameters=solver_parameters,
+                              boundary=boundary(ckpt), meta=meta(ckpt))
 
 
 def check_compatible(ckpt: dict, info, where) -> None:

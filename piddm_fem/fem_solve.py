@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from piddm_fem import grid
 from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
 
@@ -48,6 +49,10 @@ class LinearFEMSolve:
                              "handles forms linear in u only (use --physics soft)")
         if 1 not in degrees:
             raise PiddmError(f"{operator.problem}: the form does not depend on the unknown; nothing to solve")
+        boundary = torch.from_numpy(grid.boundary_mask(operator.resolution)).reshape(-1)
+        if operator.data_mask.any() or not torch.equal(operator.bc_mask.cpu(), boundary):
+            raise PiddmError(f"{operator.problem}: the exact-physics solve needs the unknown prescribed "
+                             "(Dirichlet) on the whole boundary; use --physics soft")
         self.operator = operator
         self.matrix_terms = [n for n, d in enumerate(degrees) if d == 1]
         S = operator.resolution

@@ -1,4 +1,4 @@
-"""Metrics shared by every comparison: residual, ensemble MMSE/SMSE, relative L2, Darcy error rate.
+"""Metrics shared by every comparison: residual, ensemble MMSE/SMSE, relative L2, binary error rate.
 
 All take physical-unit fields ``[N, C, S, S]`` (torch or numpy) and return numpy values.
 """
@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-DARCY_THRESHOLD = 7.5  # between the coefficient values 3 and 12
-
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
@@ -31,20 +28,26 @@ def mmse_smse(generated, reference) -> tuple[np.ndarray, np.ndarray]:
     return mmse, smse
 
 
-def relative_l2(estimate, truth, channel: int) -> np.ndarray:
-    """[N] ||estimate - truth|| / ||truth|| of one channel."""
+def relative_l2(estimate, truth, channel: int, region=None) -> np.ndarray:
+    """[N] ||estimate - truth|| / ||truth|| of one channel, over the nodes of ``region`` ([S, S]
+    bool; all nodes when None)."""
     e, t = _np(estimate)[:, channel], _np(truth)[:, channel]
+    if region is not None:
+        e, t = e[:, region], t[:, region]
     return np.linalg.norm((e - t).reshape(len(e), -1), axis=1) / np.linalg.norm(t.reshape(len(t), -1), axis=1)
 
 
-def binary_error_rate(estimate, truth, channel: int, threshold: float = DARCY_THRESHOLD) -> np.ndarray:
-    """[N] fraction of nodes whose thresholded coefficient ({3, 12} for Darcy) is wrong."""
+def binary_error_rate(estimate, truth, channel: int, threshold: float, region=None) -> np.ndarray:
+    """[N] fraction of nodes (of ``region``) whose thresholded binary coefficient is wrong; the
+    threshold of each binary channel is in the problem's metadata (``thresholds``)."""
     e, t = _np(estimate)[:, channel] > threshold, _np(truth)[:, channel] > threshold
+    if region is not None:
+        e, t = e[:, region], t[:, region]
     return (e != t).reshape(len(e), -1).mean(1)
 
 
-def high_fraction(x, channel: int, threshold: float = DARCY_THRESHOLD) -> float:
-    """Fraction of coefficient values above the threshold (near 12 for Darcy)."""
+def high_fraction(x, channel: int, threshold: float) -> float:
+    """Fraction of a binary channel's values above its threshold (the high value's share)."""
     return float((_np(x)[:, channel] > threshold).mean())
 
 

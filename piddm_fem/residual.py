@@ -3,7 +3,8 @@
 ``ResidualOperator`` evaluates what Firedrake's ``assemble(F)`` gives, mapped to the grid, from the
 element tensors exported by ``piddm_fem.solvers.export``: gather the cell values of each field,
 contract them with the element tensor of each Taylor term (einsum), scatter-add into the grid
-(``index_add_``), and replace Dirichlet rows by u - g. Needs torch (and h5py to load) only; the
+(``index_add_``), and replace Dirichlet rows by u - g and data rows (where the unknown is an input, e.g. an
+initial condition) by 0. Needs torch (and h5py to load) only; the
 device and dtype follow the input.
 
 Units: ``raw`` is the weak residual (assembled vector); ``scaled`` divides the non-Dirichlet rows
@@ -37,6 +38,7 @@ class ResidualOperator(torch.nn.Module):
         self.register_buffer("lumped_mass", torch.as_tensor(op["lumped_mass"], dtype=torch.float64))
         self.register_buffer("bc_mask", torch.as_tensor(op["bc_mask"], dtype=torch.bool))
         self.register_buffer("bc_values", torch.as_tensor(op["bc_values"], dtype=torch.float64))
+        self.register_buffer("data_mask", torch.as_tensor(op["data_mask"], dtype=torch.bool))
         self.term_channels = []
         for n, (combo, tensor) in enumerate(op["terms"]):
             if len(combo) > len(_LETTERS):
@@ -92,6 +94,7 @@ class ResidualOperator(torch.nn.Module):
         r = r.index_add(1, conn.reshape(-1), local.reshape(B, -1))
         u = flat[:, self.unknown]
         r = torch.where(self.bc_mask, u - self.bc_values.to(x.dtype), r)
+        r = torch.where(self.data_mask, torch.zeros_like(r), r)  # the unknown is an input there
         return r.reshape(B, 1, S, S)
 
     def scaled(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,9 +104,10 @@ class ResidualOperator(torch.nn.Module):
         return r.reshape(x.shape[0], 1, self.resolution, self.resolution)
 
     def load(self, x: torch.Tensor) -> torch.Tensor:
-        """The scaled residual with the unknown set to zero (the right-hand side)."""
+        """The scaled residual with the unknown set to zero off its data rows (the right-hand side)."""
         x0 = x.clone()
-        x0[:, self.unknown] = 0.0
+        u = x0[:, self.unknown].reshape(x.shape[0], self._n)
+        x0[:, self.unknown] = torch.where(self.data_mask, u, torch.zeros_like(u)).reshape(u.shape[0], *x.shape[2:])
         return self.scaled(x0)
 
     def relative(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ SCHEMA_VERSION = 1
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "failed"}
 DOMAIN = ((0.0, 1.0), (0.0, 1.0))
-BOUNDARY_TYPES = ("dirichlet", "periodic")
+BOUNDARY_TYPES = ("dirichlet", "periodic", "open")  # open: neither (e.g. a time axis)
 DEFAULT_BOUNDARY = ("dirichlet", "dirichlet")  # per axis (x, y); files written before the attribute
 
 
@@ -42,8 +42,38 @@ class DatasetInfo:
     params: dict = field(default_factory=dict)
     solver_parameters: dict = field(default_factory=dict)
     boundary: list[str] = field(default_factory=lambda: list(DEFAULT_BOUNDARY))
+    meta: dict = field(default_factory=dict)  # the problem's metadata (Problem.metadata)
     version: str = __version__
     schema_version: int = SCHEMA_VERSION
+
+
+def default_tasks(channels, unknown: str) -> dict:
+    """The tasks of a problem with coefficient channels and one unknown (``Problem.tasks``):
+    forward observes the coefficients, inverse the unknown at 500 nodes (at S = 128, scaled with
+    S^2), reconstruct 10% of every channel; each recovers what it does not observe."""
+    coefficients = [c for c in channels if c != unknown]
+    return {"forward": {"observe": {c: "all" for c in coefficients}, "recover": {unknown: "all"}},
+            "inverse": {"observe": {unknown: {"points": 500}}, "recover": {c: "all" for c in coefficients}},
+            "reconstruct": {"observe": {c: {"fraction": 0.1} for c in channels},
+                            "recover": {c: "all" for c in channels}}}
+
+
+def default_meta(problem: str, channels) -> dict:
+    """The metadata of a file written before datasets carried it: the unknown is "u" (the last
+    channel where there is no "u"), no binary channels, the default tasks."""
+    unknown = "u" if "u" in channels else channels[-1]
+    return {"display_name": problem, "axes": ["x", "y"], "unknown": unknown, "thresholds": {},
+            "tasks": default_tasks(channels, unknown), "fd_residual": None}
+
+
+def check_meta(where, meta: dict, channels) -> None:
+    """Raise unless every channel that ``meta`` names is one of ``channels``."""
+    named = {meta["unknown"], *meta["thresholds"]}
+    for spec in meta["tasks"].values():
+        named |= set(spec["observe"]) | set(spec["recover"])
+    if not named <= set(channels):
+        raise PiddmError(f"{where}: its metadata names channel(s) {sorted(named - set(channels))} that "
+                         f"are not among {list(channels)}; regenerate the file with `piddm generate`")
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -120,9 +150,12 @@ def _info_from_attrs(path: Path, f, partial: bool = False) -> DatasetInfo:
     if len(boundary) != 2 or any(b not in BOUNDARY_TYPES for b in boundary):
         raise PiddmError(f"{path}: boundary {boundary} is not two of {', '.join(BOUNDARY_TYPES)} "
                          "(one per axis); regenerate the file with `piddm generate`")
+    channels = json.loads(attrs["channels"])
+    meta = json.loads(attrs.get("meta", "{}")) or default_meta(str(attrs["problem"]), channels)
+    check_meta(path, meta, channels)
     return DatasetInfo(
         problem=str(attrs["problem"]),
-        channels=json.loads(attrs["channels"]),
+        channels=channels,
         resolution=int(attrs["resolution"]),
         n_samples=int(f["fields"].shape[0]),
         seed=None if int(seed) < 0 else int(seed),
@@ -130,6 +163,7 @@ def _info_from_attrs(path: Path, f, partial: bool = False) -> DatasetInfo:
         params=json.loads(attrs.get("params", "{}")),
         solver_parameters=json.loads(attrs.get("solver_parameters", "{}")),
         boundary=list(boundary),
+        meta=meta,
         version=str(attrs.get("version", "unknown")),
         schema_version=schema,
     )
@@ -165,8 +199,10 @@ def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = Fals
         attrs = asdict(info)
         attrs.pop("n_samples")
         attrs["seed"] = -1 if info.seed is None else info.seed
-        for key in ("channels", "params", "solver_parameters", "boundary"):
+        for key in ("channels", "params", "solver_parameters", "boundary", "meta"):
             attrs[key] = json.dumps(attrs[key])
+        if not info.meta:
+            attrs["meta"] = json.dumps(default_meta(info.problem, info.channels))
         attrs["domain"] = np.asarray(DOMAIN)
         attrs["grid"] = "fields[n, c, j, i] at x_i = i/(S-1), y_j = j/(S-1)"
         f.attrs.update(attrs)
@@ -323,7 +359,7 @@ def write_operator(path: str | os.PathLike, op: dict, h5file=None) -> None:
                         "resolution": op["resolution"], "channels": json.dumps(op["channels"]),
                         "unknown": op["unknown"], "n_terms": len(op["terms"]),
                         "schema_version": SCHEMA_VERSION})
-        for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values"):
+        for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values", "data_mask"):
             g.create_dataset(name, data=op[name])
         for n, (combo, tensor) in enumerate(op["terms"]):
             d = g.create_dataset(f"term{n}", data=tensor)
@@ -346,6 +382,8 @@ def read_operator(path: str | os.PathLike) -> dict | None:
             "resolution": int(a["resolution"]), "channels": json.loads(a["channels"]),
             "unknown": int(a["unknown"]),
             **{name: g[name][:] for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values")},
+            # operators exported before data sides existed have none
+            "data_mask": g["data_mask"][:] if "data_mask" in g else np.zeros_like(g["bc_mask"][:]),
             "terms": [(tuple(int(c) for c in g[f"term{n}"].attrs["channels"]), g[f"term{n}"][:])
                       for n in range(int(a["n_terms"]))],
         }

@@ -135,6 +135,7 @@ class Distiller:
         weights = self.student.net.state_dict()
         return {"kind": "student", "problem": t["problem"], "resolution": t["resolution"],
                 "channels": t["channels"], "params": t.get("params", {}),
+                "boundary": checkpoint.boundary(t), "meta": checkpoint.meta(t),
                 "normalization": t["normalization"],
                 "config": {**t["config"], "distill": asdict(self.cfg)},
                 "teacher": {"path": str(self.teacher_path), "step": t["step"],
@@ -254,12 +255,9 @@ def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, la
     student, ckpt, normalizer, operator = load_student(student_dir, resolve_device(device))
     stats = sample_fields(student, ckpt, normalizer, operator, n, seed, refine_steps, lambda_infer, batch)
     if out_path is not None:
-        info = schema.DatasetInfo(problem=ckpt["problem"], channels=list(ckpt["channels"]),
-                                  resolution=ckpt["resolution"], n_samples=n, seed=seed,
-                                  source="student-refined" if refine_steps else "student",
-                                  params=ckpt.get("params", {}),
-                                  solver_parameters={"refine": refine_steps, "lambda_infer": lambda_infer,
-                                                     "student_step": int(ckpt["step"])})
+        info = checkpoint.dataset_info(ckpt, n, seed, "student-refined" if refine_steps else "student",
+                                       {"refine": refine_steps, "lambda_infer": lambda_infer,
+                                        "student_step": int(ckpt["step"])})
         schema.write(out_path, info, stats["fields"], overwrite=overwrite)
     return stats
 

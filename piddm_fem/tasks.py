@@ -20,36 +20,63 @@ import torch
 
 from piddm_fem.errors import PiddmError
 
-TASKS = ("forward", "inverse", "reconstruct")
-
-
-def observation_mask(task: str, shape, channels: list[str], unknown: int, *, points: int | None = None,
-                     fraction: float | None = None, seed: int = 0) -> torch.Tensor:
-    """[N, C, S, S] float mask: forward observes the coefficients, inverse ``points`` random nodes
-    of the solution (default 500 at S = 128, scaled with S^2), reconstruct a random ``fraction``
-    of every channel. Each problem n draws its nodes from (seed, n)."""
-    N, C, S, _ = shape
-    mask = torch.zeros(shape)
-    if task == "forward":
-        mask[:, [c for c in range(C) if c != unknown]] = 1.0
-        return mask
-    if task == "inverse":
-        p = points if points is not None else max(1, round(500 * S * S / 128**2))
-        if not 1 <= p <= S * S:
-            raise PiddmError(f"--points {p} must be between 1 and {S * S} grid nodes")
-        for n in range(N):
-            nodes = np.random.default_rng([seed, n]).choice(S * S, size=p, replace=False)
-            mask[n, unknown].view(-1)[torch.from_numpy(nodes)] = 1.0
-        return mask
-    if task == "reconstruct":
-        f = 0.1 if fraction is None else fraction
+def _region(region, S: int, rng: np.random.Generator | None, what: str,
+            points: int | None = None, fraction: float | None = None) -> torch.Tensor:
+    """[S, S] bool mask of one region of a task spec (``Problem.tasks``); ``points`` and
+    ``fraction`` override the spec's values."""
+    m = torch.zeros(S, S, dtype=torch.bool)
+    if region == "all":
+        m[:] = True
+        return m
+    allowed = torch.ones(S, S, dtype=torch.bool)
+    allowed[list(region.get("exclude_rows", []))] = False
+    if "rows" in region:
+        m[list(region["rows"])] = True
+    elif "columns" in region:
+        m[:, np.unique(np.rint(np.linspace(0, S - 1, int(region["columns"]))).astype(int))] = True
+    elif "points" in region:
+        p = points if points is not None else max(1, round(region["points"] * S * S / 128**2))
+        free = int(allowed.sum())
+        if not 1 <= p <= free:
+            raise PiddmError(f"--points {p} must be between 1 and {free} grid nodes for {what}")
+        nodes = rng.choice(np.flatnonzero(allowed.numpy().ravel()), size=p, replace=False)
+        m.view(-1)[torch.from_numpy(nodes)] = True
+    elif "fraction" in region:
+        f = fraction if fraction is not None else region["fraction"]
         if not 0 < f < 1:
             raise PiddmError(f"--fraction {f} must lie strictly between 0 and 1")
-        for n in range(N):
-            rng = np.random.default_rng([seed, n])
-            mask[n] = torch.from_numpy(rng.random((C, S, S)) < f).float()
-        return mask
-    raise PiddmError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        m = torch.from_numpy(rng.random((S, S)) < f)
+    else:
+        raise PiddmError(f"{what}: unknown region {region!r}; regenerate the dataset with `piddm generate`")
+    return m & allowed
+
+
+def task_spec(meta: dict, task: str) -> dict:
+    """The observe/recover spec of ``task`` in the problem's metadata (``Problem.tasks``)."""
+    if task not in meta["tasks"]:
+        raise PiddmError(f"unknown task {task!r}; choose one of {', '.join(meta['tasks'])}")
+    return meta["tasks"][task]
+
+
+def observation_mask(task: str, shape, channels: list[str], meta: dict, *, points: int | None = None,
+                     fraction: float | None = None, seed: int = 0) -> torch.Tensor:
+    """[N, C, S, S] float mask of what ``task`` observes, from the problem's metadata: e.g.
+    forward observes the coefficients, inverse random nodes of the solution (their number at
+    S = 128, scaled with S^2, or ``points``), reconstruct a random ``fraction`` of every channel.
+    Each problem n draws its nodes from (seed, n)."""
+    N, C, S, _ = shape
+    mask = torch.zeros(shape)
+    for n in range(N):
+        rng = np.random.default_rng([seed, n])
+        for name, region in task_spec(meta, task)["observe"].items():
+            mask[n, channels.index(name)] = _region(region, S, rng, f"task {task}", points, fraction).float()
+    return mask
+
+
+def recovery_mask(task: str, S: int, channels: list[str], meta: dict) -> dict[int, torch.Tensor]:
+    """{channel index: [S, S] bool} of what ``task`` recovers: the nodes its errors are taken on."""
+    return {channels.index(name): _region(region, S, None, f"task {task}")
+            for name, region in task_spec(meta, task)["recover"].items()}
 
 
 def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask: torch.Tensor,
@@ -147,20 +174,33 @@ def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.n
                lr: float = 0.05) -> dict:
     """Run a task on ground-truth samples ``truth`` [N, C, S, S] with ``restarts`` eps per problem.
 
-    Returns the ensemble mean and std [N, C, S, S], the mask, per-problem errors of the mean
-    (relative L2 per channel, relative residual, and the thresholded error rate of a Darcy
-    coefficient) and the seconds spent."""
-    from piddm_fem import metrics
+    Returns the ensemble mean and std [N, C, S, S], the mask, per-problem errors of the mean and
+    the seconds spent: ``task_errors``."""
+    from piddm_fem.checkpoint import meta
 
     channels = list(ckpt["channels"])
-    mask = observation_mask(task, truth.shape, channels, operator.unknown, points=points,
-                            fraction=fraction, seed=seed)
+    mask = observation_mask(task, truth.shape, channels, meta(ckpt), points=points, fraction=fraction,
+                            seed=seed)
     result = infer_masked(student, normalizer, operator, truth, mask, steps=steps, lam=lam,
                           restarts=restarts, seed=seed, prior=prior, lr=lr)
     mean = result["mean"]
-    errors = {f"rel_l2_{name}": metrics.relative_l2(mean, truth, c) for c, name in enumerate(channels)}
-    errors["residual"] = metrics.residual(operator, mean)
-    if ckpt["problem"] == "darcy":
-        errors["error_rate_a"] = metrics.binary_error_rate(mean, truth, channels.index("a"))
-    return {"mean": mean.numpy(), "std": result["std"].numpy(), "mask": mask.numpy(), "errors": errors,
+    return {"mean": mean.numpy(), "std": result["std"].numpy(), "mask": mask.numpy(),
+            "errors": task_errors(task, mean, truth, operator, channels, meta(ckpt)),
             "seconds": result["seconds"]}
+
+
+def task_errors(task: str, estimate, truth, operator, channels: list[str], meta: dict) -> dict:
+    """Per problem: the relative L2 error of every recovered channel on the recovered nodes
+    (``rel_l2_<channel>``), the thresholded error rate of a binary channel (``error_rate_<channel>``)
+    and the relative residual of the estimate."""
+    from piddm_fem import metrics
+
+    errors = {}
+    for c, region in recovery_mask(task, truth.shape[-1], channels, meta).items():
+        name = channels[c]
+        errors[f"rel_l2_{name}"] = metrics.relative_l2(estimate, truth, c, region.numpy())
+        if name in meta["thresholds"]:
+            errors[f"error_rate_{name}"] = metrics.binary_error_rate(estimate, truth, c, meta["thresholds"][name],
+                                                                     region.numpy())
+    errors["residual"] = metrics.residual(operator, estimate)
+    return errors

@@ -173,6 +173,8 @@ class TeacherTrainer:
             "resolution": self.info.resolution,
             "channels": list(self.info.channels),
             "params": self.info.params,
+            "boundary": list(self.info.boundary),
+            "meta": self.info.meta,
             "normalization": self.normalizer.to_dict(),
             "config": {"net": self.net_cfg.to_dict(), "train": asdict(self.cfg),
                        "sigma_data": self.net.sigma_data, "data": str(self.data_path)},
@@ -329,10 +331,8 @@ def sample_teacher(ckpt_path, n: int, num_steps: int = 18, seed: int = 0, out_pa
     stats = {"n": n, "num_steps": num_steps, "nfe": nfe, "seconds": seconds,
              "seconds_per_sample": seconds / n, "device": str(dev), "out": out_path}
     if out_path is not None:
-        info = schema.DatasetInfo(
-            problem=ckpt["problem"], channels=list(ckpt["channels"]), resolution=ckpt["resolution"],
-            n_samples=n, seed=seed, source="teacher", params=ckpt.get("params", {}),
-            solver_parameters={"sampler": "edm_heun", "num_steps": num_steps, "nfe": nfe,
-                               "checkpoint": str(checkpoint.resolve(ckpt_path)), "step": ckpt["step"]})
+        info = checkpoint.dataset_info(
+            ckpt, n, seed, "teacher", {"sampler": "edm_heun", "num_steps": num_steps, "nfe": nfe,
+                                       "checkpoint": str(checkpoint.resolve(ckpt_path)), "step": ckpt["step"]})
         schema.write(out_path, info, out, overwrite=overwrite)
     return stats

@@ -34,7 +34,7 @@ def padding_for(boundary, padding: str = "auto") -> str:
         raise PiddmError(f"unknown padding {padding!r}; use auto, zeros or circular")
     if all(b == "periodic" for b in boundary):
         return "circular"
-    if all(b == "dirichlet" for b in boundary):
+    if not any(b == "periodic" for b in boundary):  # Dirichlet or open: the edge is the domain's
         return "zeros"
     raise PiddmError(f"no single padding fits boundaries {list(boundary)}; pass --padding zeros or circular")
 

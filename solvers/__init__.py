@@ -33,7 +33,7 @@ def mpiexec_env() -> dict:
                 "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_NUM_THREADS": "1"})
     return env
 
-PROBLEM_MODULES = ("darcy", "poisson", "helmholtz", "reaction_diffusion")
+PROBLEM_MODULES = ("darcy", "poisson", "helmholtz", "reaction_diffusion", "burgers")
 
 
 def problem_names() -> tuple[str, ...]:

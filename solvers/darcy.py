@@ -12,7 +12,9 @@ from piddm_fem.solvers.problem import Problem
 
 class Darcy(Problem):
     name = "darcy"
+    display_name = "Darcy flow"
     channels = ("a", "u")
+    fd_residual = "-(a * lap(u) + dx(a) * dx(u) + dy(a) * dy(u)) - f"
     default_params = {"f": 1.0, "a_high": 12.0, "a_low": 3.0, "alpha": 2.0, "tau": 3.0}
     param_ranges = {**GRF_RANGES, "a_high": "(0, inf)", "a_low": "(0, inf)"}
 
@@ -20,6 +22,9 @@ class Darcy(Problem):
         a, u = fields["a"], fields["u"]
         f = fd.Constant(self.params["f"])
         return a * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - f * v * fd.dx
+
+    def thresholds(self):
+        return {"a": 0.5 * (self.params["a_low"] + self.params["a_high"])}
 
     def coefficient_bounds(self):
         return "a", self.params["a_low"], self.params["a_high"]

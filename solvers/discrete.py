@@ -15,7 +15,9 @@ import numpy as np
 from firedrake.exceptions import ConvergenceError
 from firedrake.petsc import PETSc
 
+from piddm_fem.errors import PiddmError
 from piddm_fem.solvers.gridmap import GridMap
+from piddm_fem.solvers.problem import SIDES
 
 
 STOP_RTOL = 1e-12  # every solve stops at ||F(u_k)|| <= STOP_RTOL * ||F(0)|| (see DiscreteProblem.solve)
@@ -45,9 +47,18 @@ class DiscreteProblem:
         self.v = fd.TestFunction(self.V)
         self.F = problem.form(self.fields, self.v)
         self.g = fd.Function(self.V).interpolate(problem.boundary_value(self.mesh))
-        self.bc = fd.DirichletBC(self.V, self.g, "on_boundary")
-        self.bc_mask = np.zeros(S * S, bool)
-        self.bc_mask[self.gridmap.index[self.bc.nodes]] = True
+        self.g_data = fd.Function(self.V)  # the unknown on the data sides, set per solve
+        sides = [SIDES[side] for side in problem.dirichlet]
+        self.bcs = [fd.DirichletBC(self.V, self.g, sides)] if sides else []
+        self.bc_mask = np.zeros(S * S, bool)  # Dirichlet rows: u - g
+        for bc in self.bcs:
+            self.bc_mask[self.gridmap.index[bc.nodes]] = True
+        self.data_mask = np.zeros(S * S, bool)  # rows where the unknown is data: residual 0
+        if problem.data:
+            data_bc = fd.DirichletBC(self.V, self.g_data, [SIDES[side] for side in problem.data])
+            self.data_mask[self.gridmap.index[data_bc.nodes]] = True
+            self.data_mask &= ~self.bc_mask
+            self.bcs.append(data_bc)
         self.g_grid = self.gridmap.to_grid(self.g).ravel()
         mass = fd.assemble(self.v * fd.dx)
         self.lumped_mass = self.gridmap.to_grid(mass).ravel()
@@ -64,11 +75,11 @@ class DiscreteProblem:
 
     # -- residual ------------------------------------------------------------------------------
     def _assembled_residual(self) -> np.ndarray:
-        """assemble(F) of the current Functions on the grid [S*S], Dirichlet rows u - g: the
-        vector whose norm PETSc's SNES monitors."""
+        """assemble(F) of the current Functions on the grid [S*S], Dirichlet rows u - g and data
+        rows 0 (the unknown is an input there)."""
         r = self.gridmap.to_grid(fd.assemble(self.F)).ravel()
         u = self.gridmap.to_grid(self.fields[self.problem.unknown]).ravel()
-        return np.where(self.bc_mask, u - self.g_grid, r)
+        return np.where(self.bc_mask, u - self.g_grid, np.where(self.data_mask, 0.0, r))
 
     def raw_residual(self, fields: np.ndarray) -> np.ndarray:
         """assemble(F) on the grid [S*S], Dirichlet rows replaced by u - g."""
@@ -81,9 +92,15 @@ class DiscreteProblem:
 
     def relative_residual(self, fields: np.ndarray) -> float:
         s = self.scaled_residual(fields)
+        return relative_norm(s, self.scaled_residual(self.load_fields(fields)))
+
+    def load_fields(self, fields: np.ndarray) -> np.ndarray:
+        """The fields with the unknown set to zero off its data rows: the residual there is the
+        load, the denominator of the relative residual."""
         load = np.array(fields, dtype=float, copy=True)
-        load[self.problem.channels.index(self.problem.unknown)] = 0.0
-        return relative_norm(s, self.scaled_residual(load))
+        c = self.problem.channels.index(self.problem.unknown)
+        load[c] = np.where(self.data_mask, load[c].ravel(), 0.0).reshape(load[c].shape)
+        return load
 
     # -- solve ---------------------------------------------------------------------------------
     def solver(self, kind: str = "direct"):
@@ -91,7 +108,7 @@ class DiscreteProblem:
         if kind not in self._solvers:
             params = self.problem.parameters_for(kind)
             u = self.fields[self.problem.unknown]
-            vp = fd.NonlinearVariationalProblem(self.F, u, bcs=self.bc)
+            vp = fd.NonlinearVariationalProblem(self.F, u, bcs=self.bcs)
             self._solvers[kind] = fd.NonlinearVariationalSolver(
                 vp, solver_parameters=params, options_prefix=f"piddm_{self.problem.name}_{kind}_")
         return self._solvers[kind]
@@ -110,6 +127,13 @@ class DiscreteProblem:
             self.gridmap.from_grid(coefficients[name], self.fields[name])
         u = self.fields[self.problem.unknown]
         u.assign(0.0)
+        if self.problem.data:
+            if self.problem.unknown not in coefficients:
+                raise PiddmError(f"{self.problem.name}: pass the {self.problem.unknown!r} data on "
+                                 f"sides {', '.join(self.problem.data)} with the coefficients")
+            data = np.where(self.data_mask, np.asarray(coefficients[self.problem.unknown]).ravel(), 0.0)
+            self.gridmap.from_grid(data, self.g_data)
+            u.assign(self.g_data)
         b_norm = float(np.linalg.norm(self._assembled_residual()))
         if initial_guess is not None:
             if isinstance(initial_guess, fd.Function) and initial_guess.function_space() == self.V:

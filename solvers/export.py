@@ -122,4 +122,5 @@ def extract_operator(problem, S: int, reorder: bool | None = None) -> dict:
         "lumped_mass": disc.lumped_mass,
         "bc_mask": disc.bc_mask,
         "bc_values": disc.g_grid,
+        "data_mask": disc.data_mask,
     }

@@ -62,7 +62,7 @@ def dataset_info(problem, n_samples: int, S: int, seed: int) -> schema.DatasetIn
     return schema.DatasetInfo(problem=problem.name, channels=list(problem.channels), resolution=S,
                               n_samples=n_samples, seed=seed, params=dict(problem.params),
                               solver_parameters=problem.solver_parameters,
-                              boundary=list(problem.boundary))
+                              boundary=list(problem.boundary), meta=problem.metadata())
 
 
 def generate(problem, n_samples: int, S: int, seed: int, out, *, resume: bool = False,

@@ -8,6 +8,8 @@ from piddm_fem.solvers.problem import Problem
 
 class Helmholtz(Problem):
     name = "helmholtz"
+    display_name = "Helmholtz"
+    fd_residual = "-lap(u) - k ** 2 * u - f"
     channels = ("f", "u")
     default_params = {"k": 1.0, "alpha": 2.0, "tau": 3.0}
     spd = False  # indefinite once k^2 exceeds the first Dirichlet eigenvalue: GMRES, not CG

@@ -26,6 +26,7 @@ from scipy.special import logit
 from piddm_fem import grid
 from piddm_fem.errors import PiddmError
 from piddm_fem.solvers.gridmap import GridMap
+from piddm_fem.solvers.problem import SIDES
 
 # The regularisation weight alpha of the H1 term, per relative observation noise level, chosen on
 # calibration problems from the training split by benchmarks/inverse.py --calibrate (docs/inverse.md).
@@ -80,7 +81,7 @@ class AdjointInversion:
         given = fd.Function(fd.FunctionSpace(self.vom.input_ordering, "DG", 0))
         given.dat.data[:] = self.values
         self.d = fd.Function(self.P0).interpolate(given)
-        self.bc = fd.DirichletBC(self.V, problem.boundary_value(self.mesh), "on_boundary")
+        self.bc = fd.DirichletBC(self.V, problem.boundary_value(self.mesh), [SIDES[s] for s in problem.dirichlet])
 
     def coefficient(self, m) -> fd.Function:
         """a(m) interpolated into Q1: nodal values, as on the grid."""
@@ -186,7 +187,8 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
     c, u = channels.index(name), channels.index(problem.unknown)
     N, _, S, _ = truth.shape
     alpha = alpha_for(noise) if alpha is None else alpha
-    mask = observation_mask("inverse", truth.shape, channels, u, points=points, seed=seed).numpy().astype(bool)
+    mask = observation_mask("inverse", truth.shape, channels, problem.metadata(), points=points,
+                            seed=seed).numpy().astype(bool)
     observed = noisy_observations(truth, mask, u, noise, seed)
     disc = DiscreteProblem(problem, S)
     estimates = {}

@@ -8,6 +8,8 @@ from piddm_fem.solvers.problem import Problem
 
 class Poisson(Problem):
     name = "poisson"
+    display_name = "Poisson"
+    fd_residual = "-lap(u) - f"
     channels = ("f", "u")
     default_params = {"alpha": 2.0, "tau": 3.0}
     param_ranges = GRF_RANGES

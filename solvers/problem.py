@@ -14,6 +14,7 @@ import numpy as np
 
 from piddm_fem.checks import check_range
 from piddm_fem.errors import PiddmError
+from piddm_fem.schema import default_tasks
 
 LU = {
     "snes_type": "ksponly",
@@ -39,6 +40,7 @@ CG_GAMG = {"ksp_type": "cg", "pc_type": "gamg", "ksp_norm_type": "unprecondition
 GMRES_GAMG = {"ksp_type": "gmres", "pc_type": "gamg", "ksp_pc_side": "right", "ksp_rtol": 1e-6,
               "ksp_max_it": 1000}
 SOLVERS = ("direct", "krylov")
+SIDES = {"x0": 1, "x1": 2, "y0": 3, "y1": 4}  # Firedrake's UnitSquareMesh boundary ids
 
 
 class Problem:
@@ -57,6 +59,15 @@ class Problem:
     linear: bool = True
     spd: bool = True  # symmetric positive definite Jacobian: CG applies ("krylov" solver)
     boundary: tuple[str, str] = ("dirichlet", "dirichlet")  # per axis (x, y), stored in datasets
+    # Where the unknown is prescribed: ``dirichlet`` sides take ``boundary_value``; on ``data``
+    # sides (e.g. t = 0 of a space-time problem) the unknown is an input, drawn by
+    # ``sample_coefficients`` under the unknown's name; other sides carry the natural condition.
+    dirichlet: tuple[str, ...] = ("x0", "x1", "y0", "y1")
+    data: tuple[str, ...] = ()
+    # What the learning side reads from the dataset (``metadata``): names, binary channels, tasks
+    display_name: str = ""
+    axes: tuple[str, str] = ("x", "y")
+    fd_residual: str | None = None  # strong form for the finite-difference baseline (fd_residual.py)
 
     def __init__(self, **params):
         unknown = set(params) - set(self.default_params)
@@ -72,6 +83,24 @@ class Problem:
     @property
     def coefficients(self) -> tuple[str, ...]:
         return tuple(c for c in self.channels if c != self.unknown)
+
+    def thresholds(self) -> dict[str, float]:
+        """{channel: threshold} of binary coefficient channels (two values, split at the
+        threshold); error rates and high fractions are reported for these."""
+        return {}
+
+    def tasks(self) -> dict:
+        """The observation tasks, as ``piddm_fem.tasks`` reads them: {task: {"observe": {channel:
+        region}, "recover": {channel: region}}}, a region being "all", {"points": p} (p random nodes
+        at S = 128, scaled with S^2), {"fraction": f}, {"rows": [j, ...]} or {"columns": k} (k evenly
+        spaced columns), with optional "exclude_rows". Default: ``schema.default_tasks``."""
+        return default_tasks(self.channels, self.unknown)
+
+    def metadata(self) -> dict:
+        """What the learning side needs, stored with every dataset (``DatasetInfo.meta``)."""
+        return {"display_name": self.display_name or self.name, "axes": list(self.axes),
+                "unknown": self.unknown, "thresholds": self.thresholds(), "tasks": self.tasks(),
+                "fd_residual": self.fd_residual}
 
     def mesh(self, S: int, comm=None, reorder: bool | None = None):
         """Structured (S-1) x (S-1) quadrilateral mesh: its vertices are the S x S grid."""

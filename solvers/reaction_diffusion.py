@@ -14,6 +14,8 @@ from piddm_fem.solvers.darcy import Darcy
 
 class ReactionDiffusion(Darcy):
     name = "reaction_diffusion"
+    display_name = "nonlinear reaction-diffusion"
+    fd_residual = "-(a * lap(u) + dx(a) * dx(u) + dy(a) * dy(u)) + kappa * u ** 3 - f"
     default_params = {**Darcy.default_params, "f": 200.0, "kappa": 100.0}
     param_ranges = {**Darcy.param_ranges, "kappa": "[0, inf)"}  # kappa < 0 loses monotonicity
     linear = False

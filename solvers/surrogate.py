@@ -133,7 +133,7 @@ class Surrogate:
             raise PiddmError("no coefficient sets given; pass a dict or a non-empty list of dicts")
         observed = np.stack([self.coefficient_grid(c) for c in sets])
         unknown = self.channels.index(self.problem.unknown)
-        mask = observation_mask("forward", observed.shape, self.channels, unknown)
+        mask = observation_mask("forward", observed.shape, self.channels, self.problem.metadata())
         result = infer_masked(self.student, self.normalizer, self.operator, observed, mask, steps=steps,
                               lam=lam, restarts=restarts, seed=seed)
         out = [self._in_space(m[unknown].numpy(), V, self.problem.unknown) for m in result["mean"]]

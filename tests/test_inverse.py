@@ -54,7 +54,7 @@ def test_latent_fem_gradient_matches_finite_differences(tiny_student, darcy_file
     student, ckpt, normalizer, operator = load_student(tiny_student)
     S = ckpt["resolution"]
     truth = torch.tensor(schema.read(darcy_file, [0])[1])
-    mask = observation_mask("inverse", truth.shape, ["a", "u"], 1, points=20, seed=0)
+    mask = observation_mask("inverse", truth.shape, ["a", "u"], get_problem("darcy").metadata(), points=20, seed=0)
     solve = LinearFEMSolve(operator).solve
 
     def misfit_of_fields(x):

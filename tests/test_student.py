@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from piddm_fem import pairs as pairs_module
-from piddm_fem import schema
+from piddm_fem import checkpoint, schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.pairs import PairBank
 from piddm_fem.student import Distiller, load_student, student_noise
@@ -84,7 +84,7 @@ def test_task_optimisation_lowers_the_masked_misfit(tiny_student, darcy_file):
     student, ckpt, normalizer, operator = load_student(tiny_student)
     _, truth, _ = schema.read(darcy_file, [0, 1])
     truth = torch.from_numpy(truth).float()
-    mask = observation_mask("inverse", truth.shape, ckpt["channels"], operator.unknown, points=30)
+    mask = observation_mask("inverse", truth.shape, ckpt["channels"], checkpoint.meta(ckpt), points=30)
     assert mask[:, 1].sum() == 60 and mask[:, 0].sum() == 0
     eps = student_noise(ckpt, 2, np.arange(2))
     start = optimize_latent(student, normalizer, operator, truth, mask, eps, steps=0, lam=0.0)
