@@ -27,7 +27,7 @@ class Burgers(Problem):
     name = "burgers"
     display_name = "viscous Burgers (space-time)"
     channels = ("u",)
-    default_params = {"nu": 0.01, "delta": 0.0, "alpha": 2.0, "tau": 5.0, "sigma": 25.0}
+    default_params = {"nu": 0.01, "delta": 0.0, "alpha": 2.0, "tau": 5.0, "sigma": 12.5}
     param_ranges = {"nu": "(0, inf)", "delta": "[0, inf)", "alpha": "(0, inf)", "tau": "[0, inf)",
                     "sigma": "[0, inf)"}
     linear, spd = False, False

@@ -90,7 +90,7 @@ def test_solve_writes_figure_and_vtk(cli, tmp_path):
 
 
 def test_console_script_exit_code_without_traceback(tmp_path):
-    proc = subprocess.run([PIDDM, "generate", "burgers", "-n", "1", "--out", str(tmp_path / "b.h5")],
+    proc = subprocess.run([PIDDM, "generate", "navier_stokes", "-n", "1", "--out", str(tmp_path / "ns.h5")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "unknown problem" in proc.stderr and "Traceback" not in proc.stderr

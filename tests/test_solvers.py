@@ -10,6 +10,7 @@ from piddm_fem.solvers import get_problem, problem_names
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.generate import sample_rng, solve_sample
 from piddm_fem.solvers.gridmap import GridMap, sample_on_grid
+from piddm_fem.solvers.problem import SIDES
 
 
 def manufactured(name, x):
@@ -18,7 +19,8 @@ def manufactured(name, x):
     coefficients = {"darcy": {"a": 2 + fd.sin(x[0]) * x[1]},
                     "poisson": {"f": fd.cos(2 * x[0]) + x[1]},
                     "helmholtz": {"f": fd.exp(x[0]) * x[1]},
-                    "reaction_diffusion": {"a": 2 + fd.sin(x[0]) * x[1]}}[name]
+                    "reaction_diffusion": {"a": 2 + fd.sin(x[0]) * x[1]},
+                    "burgers": {}}[name]
     return coefficients, u
 
 
@@ -32,7 +34,8 @@ def mms_error(name, S):
     u, v = fd.Function(V), fd.TestFunction(V)
     F = problem.form({**coefficients, problem.unknown: u}, v) \
         - problem.form({**coefficients, problem.unknown: u_exact}, v)
-    fd.solve(F == 0, u, bcs=fd.DirichletBC(V, 0, "on_boundary"), solver_parameters=problem.solver_parameters)
+    sides = [SIDES[side] for side in problem.dirichlet + problem.data]  # u prescribed there
+    fd.solve(F == 0, u, bcs=fd.DirichletBC(V, 0, sides), solver_parameters=problem.solver_parameters)
     return fd.sqrt(fd.assemble((u - u_exact) ** 2 * fd.dx(degree=6)))
 
 
