@@ -30,12 +30,13 @@ def main() -> None:
     stats = sample_teacher(args.teacher, args.n, args.steps, args.seed, args.out, overwrite=True, progress=False)
     _, samples, _ = schema.read(args.out)
     mmse, smse = metrics.mmse_smse(samples, reference)
-    a = info.channels.index("a") if "a" in info.channels else None
+    thresholds = info.meta["thresholds"]  # binary channels: the share above the threshold
     report = {
         "teacher_step": int(ckpt["step"]), "n": args.n, "n_test": int(splits["test"].size),
         "mmse": dict(zip(info.channels, mmse.tolist())), "smse": dict(zip(info.channels, smse.tolist())),
-        "fraction_a_high": None if a is None else metrics.high_fraction(samples, a),
-        "fraction_a_high_data": None if a is None else metrics.high_fraction(reference, a),
+        "fraction_high": {c: metrics.high_fraction(samples, info.channels.index(c), t) for c, t in thresholds.items()},
+        "fraction_high_data": {c: metrics.high_fraction(reference, info.channels.index(c), t)
+                               for c, t in thresholds.items()},
         "fem_residual_teacher": metrics.summarize(fem_relative(info, samples)),
         "fem_residual_data": metrics.summarize(fem_relative(info, reference)),
         "samples_per_second": args.n / stats["seconds"], "nfe": stats["nfe"]}

@@ -1,7 +1,8 @@
 """Firedrake side of piddm-fem: PDE problems, solves, datasets and weak-form residuals.
 
 Importing this package needs Firedrake; it never imports torch. Problems are discovered from the
-modules listed in ``PROBLEM_MODULES`` – adding a PDE means adding one file and its name here.
+modules listed in ``PROBLEM_MODULES`` – adding a PDE means adding one file and its name here
+(or, for a problem kept elsewhere, ``register_problem``).
 """
 
 import importlib
@@ -34,15 +35,21 @@ def mpiexec_env() -> dict:
     return env
 
 PROBLEM_MODULES = ("darcy", "poisson", "helmholtz", "reaction_diffusion", "burgers")
+_REGISTRY = {name: f"{__name__}.{name}" for name in PROBLEM_MODULES}
+
+
+def register_problem(name: str, module: str) -> None:
+    """Register a problem defined outside this package: ``module`` (an importable module path)
+    defines ``PROBLEM_CLASS``, whose ``name`` is ``name``."""
+    _REGISTRY[name] = module
 
 
 def problem_names() -> tuple[str, ...]:
-    return PROBLEM_MODULES
+    return tuple(_REGISTRY)
 
 
 def get_problem(name: str, **params):
     """The Problem called ``name`` with its default parameters updated by ``params``."""
-    if name not in PROBLEM_MODULES:
-        raise PiddmError(f"unknown problem {name!r}; choose one of {', '.join(PROBLEM_MODULES)}")
-    module = importlib.import_module(f"{__name__}.{name}")
-    return module.PROBLEM_CLASS(**params)
+    if name not in _REGISTRY:
+        raise PiddmError(f"unknown problem {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return importlib.import_module(_REGISTRY[name]).PROBLEM_CLASS(**params)
