@@ -19,6 +19,11 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
             out_dir: Path = typer.Option(..., "--out", help="Student run directory."),
             lambda_train: Optional[float] = typer.Option(None, "--lambda-train", help="Residual weight (0: pure distillation)."),
             ramp: Optional[int] = typer.Option(None, "--ramp", help="Steps over which lambda rises from 0."),
+            delay: Optional[int] = typer.Option(None, "--delay", help="Steps with lambda = 0 before the ramp."),
+            physics_norm: Optional[str] = typer.Option(None, "--physics-norm", help="l2 (scaled residual) | dual (K0^-1 norm)."),
+            physics_channels: Optional[str] = typer.Option(None, "--physics-channels",
+                                                           help="all | unknown: channels the penalty's gradient reaches."),
+            k_steps: Optional[int] = typer.Option(None, "--k-steps", help="Network evaluations per sample (1: one-step)."),
             pairs: Optional[int] = typer.Option(None, "--pairs", help="Pairs in the bank."),
             teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="Heun steps N_s of the teacher."),
             refresh: Optional[int] = typer.Option(None, "--refresh", help="Refresh part of the bank every K steps (0: never)."),
@@ -28,11 +33,12 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
             seed: Optional[int] = typer.Option(None, "--seed"),
             device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
             resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.pt.")):
-    """Distil a teacher into a one-step student with the weak-form residual penalty."""
+    """Distil a teacher into a one-step (or k-step) student with the weak-form residual penalty."""
     from piddm_fem.student import distill as run_distill
 
     stats = run_distill(teacher_dir, data, out_dir, steps, device=device, resume=resume,
-                        lambda_train=lambda_train, ramp_steps=ramp, pairs=pairs,
+                        lambda_train=lambda_train, ramp_steps=ramp, delay_steps=delay, physics_norm=physics_norm,
+                        physics_channels=physics_channels, k_steps=k_steps, pairs=pairs,
                         teacher_steps=teacher_steps, refresh=refresh, batch=batch, lr=lr, seed=seed)
     if stats["interrupted"]:
         raise KeyboardInterrupt

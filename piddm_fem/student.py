@@ -3,9 +3,14 @@ from the teacher's ODE pairs with the weak-form residual on its *final* sample (
 
     ||G(eps) - x0_T(eps)||^2 + lambda_train * ||R(denorm(G(eps)))||^2
 
-R is ``ResidualOperator.loss`` (mean square of the strong-form scaled residual, physical units).
-The penalty is never applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure
-distillation; ``ramp_steps`` > 0 raises lambda linearly from 0 over that many steps.
+R is ``ResidualOperator.loss`` (mean square of the strong-form scaled residual, physical units),
+or with ``physics_norm="dual"`` the residual in the dual norm of the constant-coefficient
+stiffness (``piddm_fem.dual_norm``), which weighs it like an error in u. The penalty is never
+applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure distillation; lambda is 0 for
+``delay_steps``, then rises linearly over ``ramp_steps``. ``physics_channels="unknown"`` lets the
+penalty's gradient reach the network through the unknown's channel only. ``k_steps`` = k > 1
+makes a k-step student (NFE = k): k Euler steps of the probability-flow ODE with the student's
+denoiser on EDM's k-level schedule, trained end to end on the same pairs; k = 1 is G above.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from torch import nn
 
 from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import Normalizer
-from piddm_fem.edm import SIGMA_MAX, EDMPrecond, noise_for_indices
+from piddm_fem.dual_norm import DSTPoisson, dual_loss
+from piddm_fem.edm import SIGMA_MAX, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
 from piddm_fem.pairs import PairBank
 from piddm_fem.progress import progress_bar
@@ -35,7 +41,9 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "pairs": ("--pairs", "[1, inf)"), "teacher_steps": ("--teacher-steps", "[1, inf)"),
           "refresh": ("--refresh", "[0, inf)"), "refresh_fraction": ("refresh_fraction", "(0, 1]"),
           "batch": ("--batch", "[1, inf)"), "lr": ("--lr", "(0, inf)"),
-          "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)")}
+          "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
+          "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]")}
+PHYSICS_NORMS, PHYSICS_CHANNELS = ("l2", "dual"), ("all", "unknown")
 
 
 @dataclass
@@ -52,17 +60,29 @@ class DistillConfig:
     val_every: int = 250
     val_pairs: int = 64
     seed: int = 0
+    physics_norm: str = "l2"      # l2 | dual (piddm_fem.dual_norm)
+    delay_steps: int = 0          # lambda = 0 before this step, then the ramp
+    physics_channels: str = "all"  # all | unknown: where the penalty's gradient enters
+    k_steps: int = 1              # network evaluations per sample
 
 
-class OneStepStudent(nn.Module):
-    """G(eps) = D_theta(sigma_max * eps; sigma_max) in normalised space: one network evaluation."""
+class Student(nn.Module):
+    """G(eps) in normalised space with ``steps`` network evaluations: x = sigma_0 eps, then for
+    each level x <- D + (sigma_{i+1} / sigma_i)(x - D), D = D_theta(x; sigma_i), on EDM's
+    ``steps``-level schedule (sigma_0 = sigma_max, last 0). One step: D_theta(sigma_max eps; sigma_max)."""
 
-    def __init__(self, net: EDMPrecond, sigma_max: float = SIGMA_MAX):
+    def __init__(self, net: EDMPrecond, steps: int = 1, sigma_max: float = SIGMA_MAX):
         super().__init__()
-        self.net, self.sigma_max = net, float(sigma_max)
+        self.net, self.steps = net, int(steps)
+        self.sigmas = sigma_steps(self.steps, sigma_max=sigma_max).tolist()
 
     def forward(self, eps: torch.Tensor) -> torch.Tensor:
-        return self.net(self.sigma_max * eps, self.sigma_max)
+        sigmas = self.sigmas
+        x = sigmas[0] * eps
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            denoised = self.net(x, sigma)
+            x = denoised + (sigma_next / sigma) * (x - denoised)
+        return x
 
 
 class Distiller:
@@ -84,10 +104,15 @@ class Distiller:
                                  "it or choose another --out")
             self.cfg = DistillConfig(**settings)
         checks.check_options(self.cfg, RANGES)
+        for value, allowed, option in ((self.cfg.physics_norm, PHYSICS_NORMS, "--physics-norm"),
+                                       (self.cfg.physics_channels, PHYSICS_CHANNELS, "--physics-channels")):
+            if value not in allowed:
+                raise PiddmError(f"unknown {option} {value!r}; choose {' or '.join(allowed)}")
         checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
-        self.student = OneStepStudent(copy.deepcopy(self.teacher).requires_grad_(True)).train()
+        self.student = Student(copy.deepcopy(self.teacher).requires_grad_(True), self.cfg.k_steps).train()
+        self.poisson = DSTPoisson(self.operator.resolution).to(device)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
         self.step, self.best_val = 0, float("inf")
         if prev is not None:
@@ -120,14 +145,24 @@ class Distiller:
         return ResidualOperator(op).to(self.device)
 
     def lam(self) -> float:
-        ramp = self.cfg.ramp_steps
-        return self.cfg.lambda_train * (1.0 if ramp <= 0 else min(1.0, self.step / ramp))
+        ramp, step = self.cfg.ramp_steps, self.step - self.cfg.delay_steps
+        if step < 0:
+            return 0.0
+        return self.cfg.lambda_train * (1.0 if ramp <= 0 else min(1.0, step / ramp))
 
     def losses(self, eps: torch.Tensor, x0: torch.Tensor):
         """(regression [B], residual penalty [B]) of the student on a batch of pairs."""
         pred = self.student(eps)
         regression = (pred - x0).square().flatten(1).mean(1)
-        physics = self.operator.loss(self.normalizer.denormalize(pred))
+        x = self.normalizer.denormalize(pred)
+        if self.cfg.physics_channels == "unknown":  # the coefficients enter as constants
+            keep = torch.zeros(x.shape[1], 1, 1, dtype=torch.bool, device=x.device)
+            keep[self.operator.unknown] = True
+            x = torch.where(keep, x, x.detach())
+        if self.cfg.physics_norm == "dual":
+            physics = dual_loss(self.operator, self.poisson, x.double()).float()
+        else:
+            physics = self.operator.loss(x)
         return regression, physics
 
     def checkpoint_dict(self) -> dict:
@@ -228,11 +263,11 @@ def share_pair_bank(src_dir, dst_dir) -> None:
 
 
 def load_student(student_dir, device="cpu"):
-    """(OneStepStudent in eval mode, checkpoint dict, Normalizer, ResidualOperator)."""
+    """(Student in eval mode, checkpoint dict, Normalizer, ResidualOperator)."""
     ckpt = checkpoint.load(student_dir, kind="student")
     net = build_network(ckpt["config"])
     net.load_state_dict(ckpt["ema"])
-    student = OneStepStudent(net.to(device)).eval()
+    student = Student(net.to(device), ckpt["config"]["distill"].get("k_steps", 1)).eval()
     op_path = checkpoint.resolve(student_dir).parent / OPERATOR_FILE
     if not op_path.is_file():
         raise PiddmError(f"{op_path.parent} holds no {OPERATOR_FILE} beside the student; copy it from "
@@ -295,5 +330,5 @@ def sample_fields(student, ckpt: dict, normalizer, operator, n: int, seed: int =
             after[idx] = operator.relative(x.double()).cpu().numpy()
         fields[idx] = x.detach().double().cpu().numpy()
     return {"fields": fields, "residual_before": before, "residual_after": after,
-            "seconds_per_sample": (t_sample + t_refine) / n, "sample_seconds": t_sample,
+            "seconds_per_sample": (t_sample + t_refine) / n, "sample_seconds": t_sample, "nfe": student.steps,
             "refine_seconds": t_refine, "device": str(dev)}

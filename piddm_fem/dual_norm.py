@@ -1,0 +1,55 @@
+"""The residual in a dual norm: R^T K0^{-1} R, with K0 the constant-coefficient Q1 stiffness.
+
+The strong-scaled L2 residual (``ResidualOperator.loss``) weighs an error e in u by about a/h^2 at
+the grid scale, so its gradient is dominated by the highest frequencies. Measuring the weak
+residual r (``ResidualOperator.raw``) in the norm of K0^{-1}, where K0 is the Q1 stiffness of
+-Laplacian on the grid's interior nodes (homogeneous Dirichlet), weighs it like an error in u:
+for a Laplace-like operator, r = K0 e gives r^T K0^{-1} r = e^T K0 e, the energy norm of e. It is
+an integral (about ||s||^2 in H^-1 of the scaled residual s), so its size does not change with S.
+
+K0 on the structured grid is kron(K1, M1) + kron(M1, K1) of the 1D Q1 stiffness and mass matrices,
+both tridiagonal Toeplitz, so the orthonormal DST-I basis diagonalises it: a batched solve is two
+matrix products each way and a division (``DSTPoisson``). Rows outside the interior (Dirichlet u - g,
+data rows, the open side of a space-time problem) are not in K0; their scaled residual enters as
+h^2 times its sum of squares, the integral of its square over the h-wide strip they sit on.
+torch only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class DSTPoisson(torch.nn.Module):
+    """K0^{-1} on the (S-2)^2 interior nodes of the S x S grid, batched: ``solve(r)`` for r
+    [B, S-2, S-2]. K0 is the Q1 stiffness of -Laplacian with h = 1/(S-1)."""
+
+    def __init__(self, S: int):
+        super().__init__()
+        n, h = S - 2, 1.0 / (S - 1)
+        k = torch.arange(1, n + 1, dtype=torch.float64)
+        theta = math.pi * k / (n + 1)
+        basis = math.sqrt(2.0 / (n + 1)) * torch.sin(torch.outer(k, k) * math.pi / (n + 1))
+        stiffness = 2.0 / h * (1 - torch.cos(theta))     # eigenvalues of K1 = (1/h) tridiag(-1, 2, -1)
+        mass = h / 6.0 * (4 + 2 * torch.cos(theta))      # eigenvalues of M1 = (h/6) tridiag(1, 4, 1)
+        self.register_buffer("basis", basis)
+        self.register_buffer("eigenvalues", stiffness[:, None] * mass[None, :] + mass[:, None] * stiffness[None, :])
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        Q = self.basis.to(r.dtype)
+        return Q @ ((Q @ r @ Q) / self.eigenvalues.to(r.dtype)) @ Q
+
+
+def dual_loss(operator, poisson: DSTPoisson, x: torch.Tensor) -> torch.Tensor:
+    """[B] r^T K0^{-1} r of the weak residual at the interior nodes, plus h^2 times the sum of
+    squares of the scaled residual on the other nodes (module doc). Zero exactly where the residual is."""
+    raw = operator.raw(x)[:, 0]
+    scaled = operator.scaled(x)[:, 0]
+    interior = raw[:, 1:-1, 1:-1]
+    energy = (interior * poisson.solve(interior)).flatten(1).sum(1)
+    h2 = 1.0 / (x.shape[-1] - 1) ** 2
+    ring = scaled.clone()
+    ring[:, 1:-1, 1:-1] = 0.0
+    return energy + h2 * ring.flatten(1).square().sum(1)

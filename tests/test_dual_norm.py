@@ -1,0 +1,117 @@
+"""Issue 12's distillation options: the dual-norm residual, the lambda schedule, the physics
+gradient on the unknown only, and the k-step student."""
+
+import firedrake as fd
+import numpy as np
+import pytest
+import torch
+
+from piddm_fem import checkpoint, schema
+from piddm_fem.dual_norm import DSTPoisson, dual_loss
+from piddm_fem.edm import EDMPrecond
+from piddm_fem.errors import PiddmError
+from piddm_fem.residual import ResidualOperator
+from piddm_fem.solvers import get_problem
+from piddm_fem.solvers.gridmap import GridMap
+from piddm_fem.student import Distiller, Student, distill, load_student, student_noise
+
+
+def test_dst_solve_matches_a_dense_solve_of_the_assembled_stiffness():
+    S = 9
+    mesh = get_problem("poisson").mesh(S)
+    V = fd.FunctionSpace(mesh, "Q", 1)
+    u, v = fd.TrialFunction(V), fd.TestFunction(V)
+    K = fd.assemble(fd.inner(fd.grad(u), fd.grad(v)) * fd.dx).petscmat.convert("dense").getDenseArray()
+    order = np.argsort(GridMap(V, S).index)  # grid node -> DOF
+    K = K[np.ix_(order, order)].reshape(S, S, S, S)[1:-1, 1:-1, 1:-1, 1:-1].reshape((S - 2) ** 2, -1)
+    r = torch.randn(3, S - 2, S - 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dense = np.linalg.solve(K, r.reshape(3, -1).T.numpy()).T.reshape(3, S - 2, S - 2)
+    assert np.allclose(DSTPoisson(S).solve(r).numpy(), dense, rtol=1e-12, atol=1e-14)
+
+
+def test_dual_norm_residual_vanishes_on_solver_data_and_not_off_it(darcy_file):
+    op = ResidualOperator.from_file(darcy_file)
+    _, fields, _ = schema.read(darcy_file)
+    x = torch.from_numpy(fields)
+    poisson = DSTPoisson(op.resolution)
+    noisy = x.clone()
+    noisy[:, 1] *= 1.01
+    exact, off = dual_loss(op, poisson, x), dual_loss(op, poisson, noisy)
+    assert (off > 0).all() and (exact <= 1e-20 * off).all()
+
+
+def test_dual_norm_gradient_matches_finite_differences(darcy_file):
+    op = ResidualOperator.from_file(darcy_file)
+    _, fields, _ = schema.read(darcy_file, [0])
+    x = torch.from_numpy(fields).clone()
+    x[:, 1] += 1e-3 * torch.randn(x[:, 1].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: dual_loss(op, DSTPoisson(op.resolution), y), (x,),
+                                    eps=1e-6, atol=1e-8, rtol=1e-5)
+
+
+def test_lambda_waits_for_the_delay_then_ramps(tiny_teacher, darcy_file, tmp_path):
+    d = Distiller(tiny_teacher, darcy_file, tmp_path / "s", {"lambda_train": 2.0, "delay_steps": 10,
+                                                              "ramp_steps": 4, "pairs": 4, "teacher_steps": 2},
+                  torch.device("cpu"), False)
+    lams = []
+    for step in (0, 9, 10, 12, 14, 100):
+        d.step = step
+        lams.append(d.lam())
+    assert lams == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0]
+    d.bank.close()
+
+
+@pytest.mark.parametrize("norm", ["l2", "dual"])
+def test_physics_on_the_unknown_leaves_the_coefficients_alone(tiny_teacher, darcy_file, tmp_path, norm):
+    d = Distiller(tiny_teacher, darcy_file, tmp_path / norm, {"lambda_train": 1.0, "physics_channels": "unknown",
+                                                              "physics_norm": norm, "pairs": 4, "teacher_steps": 2},
+                  torch.device("cpu"), False)
+    eps = student_noise(d.teacher_ckpt, 5, np.arange(2))
+    pred = d.student(eps).detach().requires_grad_(True)
+    d.student = lambda _: pred  # the loss sees this output: its gradient is the one the network gets
+    _, physics = d.losses(eps, torch.zeros_like(eps))
+    physics.sum().backward()
+    unknown = d.operator.unknown
+    assert pred.grad[:, unknown].abs().max() > 0 and pred.grad[:, 1 - unknown].abs().max() == 0
+    d.bank.close()
+    with pytest.raises(PiddmError, match="unknown --physics-norm 'h1'; choose l2 or dual"):
+        Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_norm": "h1"}, torch.device("cpu"), False)
+
+
+def test_k_step_student_integrates_the_ode_of_an_analytic_denoiser():
+    """Gaussian data N(0, s^2): D(x; sigma) = s^2 / (s^2 + sigma^2) x, whose probability-flow ODE maps
+    sigma_max eps to s sigma_max eps / sqrt(s^2 + sigma_max^2). Euler's error falls like 1/k; k = 1
+    is the one-step D(sigma_max eps; sigma_max)."""
+    s = 0.5
+
+    class Gaussian(torch.nn.Module):
+        def forward(self, x, sigma):
+            return s**2 / (s**2 + torch.as_tensor(sigma) ** 2) * x
+
+    eps = torch.randn(4, 1, 3, 3)
+    exact = s * 80.0 * eps / (s**2 + 80.0**2) ** 0.5
+    errors = [(Student(Gaussian(), k)(eps) - exact).abs().max().item() / exact.abs().max().item()
+              for k in (1, 4, 16, 64)]
+    assert errors[0] > errors[1] > errors[2] > errors[3] and errors[3] < 0.06
+    assert 3.5 < errors[2] / errors[3] < 4.5  # first order
+
+    class Raw(torch.nn.Module):  # any raw network F(x, c_noise)
+        def forward(self, x, c_noise):
+            return torch.tanh(x) * c_noise.reshape(-1, 1, 1, 1)
+
+    net = EDMPrecond(Raw())
+    assert torch.equal(Student(net, 1)(eps), net(80.0 * eps, 80.0))
+
+
+def test_k_step_student_distils_and_loads_with_its_steps(tiny_teacher, darcy_file, tmp_path):
+    out = tmp_path / "k2"
+    distill(tiny_teacher, darcy_file, out, steps=2, device="cpu", progress=False, k_steps=2,
+            physics_norm="dual", pairs=4, teacher_steps=2, batch=2, val_pairs=2, val_every=1)
+    student, ckpt, normalizer, operator = load_student(out)
+    assert student.steps == 2 and ckpt["config"]["distill"]["k_steps"] == 2
+    calls = []
+    student.net.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        student(student_noise(ckpt, 0, [0]))
+    assert len(calls) == 2 and checkpoint.load(out, kind="student")["config"]["distill"]["physics_norm"] == "dual"
