@@ -114,11 +114,12 @@ class Distiller:
         self.student = Student(copy.deepcopy(self.teacher).requires_grad_(True), self.cfg.k_steps).train()
         self.poisson = DSTPoisson(self.operator.resolution).to(device)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
-        self.step, self.best_val = 0, float("inf")
+        self.step, self.best_val, self.history = 0, float("inf"), []
         if prev is not None:
             self.student.net.load_state_dict(prev["model"])
             self.opt.load_state_dict(prev["optimizer"])
             self.step, self.best_val = int(prev["step"]), float(prev["best_val"])
+            self.history = list(prev.get("history", []))
         bank_args = (self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt, self.cfg.pairs,
                      self.cfg.seed, self.cfg.teacher_steps)
         try:  # a bank of the same teacher, seed and size is reused (e.g. copied from another run)
@@ -176,7 +177,7 @@ class Distiller:
                 "teacher": {"path": str(self.teacher_path), "step": t["step"],
                             "version": t.get("version")},
                 "model": weights, "ema": weights, "optimizer": self.opt.state_dict(),
-                "step": self.step, "best_val": self.best_val,
+                "step": self.step, "best_val": self.best_val, "history": self.history,
                 "pair_seconds": self.bank.generation_seconds}
 
     def run(self, steps: int, progress: bool = True) -> dict:
@@ -218,7 +219,7 @@ class Distiller:
         finally:
             self.bank_seconds = self.bank.generation_seconds
             self.bank.close()
-        return {"step": self.step, **stats, "seconds": time.perf_counter() - t0,
+        return {"step": self.step, **stats, "history": self.history, "seconds": time.perf_counter() - t0,
                 "pair_seconds": self.bank_seconds, "val_pair_seconds": val_seconds,
                 "interrupted": interrupted, "out": str(self.out_dir)}
 
@@ -226,13 +227,16 @@ class Distiller:
     def validate(self, eps, x0) -> dict:
         self.student.eval()
         regression, physics = self.losses(eps, x0)
+        relative = self.operator.relative(self.normalizer.denormalize(self.student(eps)).double())
         self.student.train()
         objective = float((regression + self.cfg.lambda_train * physics).mean())
+        stats = {"val_regression": float(regression.mean()), "val_residual": float(physics.mean()),
+                 "val_objective": objective, "val_relative_residual": float(relative.median())}
+        self.history.append({"step": self.step, "lambda": self.lam(), **stats})  # the learning curve
         if objective < self.best_val:
             self.best_val = objective
             self.save(checkpoint.BEST)
-        return {"val_regression": float(regression.mean()), "val_residual": float(physics.mean()),
-                "val_objective": objective}
+        return stats
 
     def save(self, name: str) -> None:
         checkpoint.save(self.out_dir / name, self.checkpoint_dict())

@@ -114,4 +114,7 @@ def test_k_step_student_distils_and_loads_with_its_steps(tiny_teacher, darcy_fil
     student.net.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
         student(student_noise(ckpt, 0, [0]))
-    assert len(calls) == 2 and checkpoint.load(out, kind="student")["config"]["distill"]["physics_norm"] == "dual"
+    saved = checkpoint.load(out, kind="student")
+    assert len(calls) == 2 and saved["config"]["distill"]["physics_norm"] == "dual"
+    assert [h["step"] for h in saved["history"]] == [1, 2]  # the learning curve, one row per validation
+    assert all(h["val_relative_residual"] > 0 for h in saved["history"])
