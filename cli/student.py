@@ -67,11 +67,11 @@ def sample(student_dir: Path = typer.Argument(..., help="Student run directory o
 
 
 def infer(student_dir: Path = typer.Argument(..., help="Student run directory or checkpoint."),
-          task: str = typer.Option(..., "--task", help="forward | inverse | reconstruct"),
+          task: str = typer.Option(..., "--task", help="A task of the problem's metadata (forward | inverse | reconstruct)."),
           data: Path = typer.Option(..., "--data", help="Dataset with the ground truth."),
           index: list[int] = typer.Option(..., "--index", help="Sample indices (repeatable)."),
-          points: Optional[int] = typer.Option(None, "--points", help="Observed u nodes (inverse)."),
-          fraction: Optional[float] = typer.Option(None, "--fraction", help="Observed fraction (reconstruct)."),
+          points: Optional[int] = typer.Option(None, "--points", help="Observed random nodes, where the task observes points."),
+          fraction: Optional[float] = typer.Option(None, "--fraction", help="Observed fraction, where the task observes one."),
           steps: int = typer.Option(200, "--steps"), lam: float = typer.Option(1e-3, "--lambda"),
           restarts: int = typer.Option(4, "--restarts", help="eps restarts per problem (ensemble)."),
           seed: int = typer.Option(0, "--seed"),

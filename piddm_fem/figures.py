@@ -27,6 +27,34 @@ def plot_panels(panels: list[tuple[str, np.ndarray]], path, ncols: int | None = 
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_lines(axes: list[tuple[str, dict]], path, title: str | None = None, logy: bool = True,
+               xlabel: str = "", logx: bool = False) -> Path:
+    """Save side-by-side line plots: each axis is (y label, {series name: (x, y)}); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, len(axes), figsize=(4.6 * len(axes), 3.4), squeeze=False)
+    for ax, (ylabel, series) in zip(axs.flat, axes):
+        for name, (x, y) in series.items():
+            ax.plot(x, y, marker="." if len(x) < 40 else None, label=name)
+        ax.set_ylabel(ylabel), ax.set_xlabel(xlabel)
+        ax.set_yscale("log" if logy else "linear"), ax.set_xscale("log" if logx else "linear")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Write the figure atomically (tmp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
