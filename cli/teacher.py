@@ -25,14 +25,17 @@ def train(data: Path = typer.Argument(..., help="Dataset HDF5 file (piddm genera
           lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate [1e-3]."),
           warmup: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [200]."),
           padding: Optional[str] = typer.Option(None, help="auto | zeros | circular [auto: by problem]."),
-          workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [0]."),
+          workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [0]; 0 keeps a split "
+                                                "that fits in memory on the device."),
+          compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                                 help="torch.compile the network (falls back to eager) [no]."),
           seed: Optional[int] = typer.Option(None, help="Seed of initialisation, data order and noise [0].")):
     """Train (or resume) the teacher; Ctrl-C saves OUT/last.pt. Multi-GPU: torchrun --nproc_per_node=K."""
     from piddm_fem.teacher import train_teacher
 
     stats = train_teacher(data, out_dir, steps, batch=batch, size=size, device=device, resume=resume,
                           val_every=val_every, lr=lr, warmup=warmup, padding=padding,
-                          workers=workers, seed=seed)
+                          workers=workers, seed=seed, compile=compile)
     if stats["rank"] != 0:  # under torchrun only rank 0 reports
         return
     val = "n/a" if stats["val"] is None else f"{stats['val']:.4f}"

@@ -121,16 +121,21 @@ class FieldDataset(torch.utils.data.Dataset):
             self._file = schema._open(self.path)
         return self._file["fields"]
 
-    def __getitem__(self, k: int) -> torch.Tensor:
+    def cached(self) -> torch.Tensor | None:
+        """The whole split, normalised [N, C, S, S] float32, read once; None above PRELOAD_BYTES."""
         fields = self._fields()
         if self._cache is None and fields[0].nbytes * self.indices.size < PRELOAD_BYTES:
             order = np.argsort(self.indices)
             cache = np.empty((self.indices.size, *fields.shape[1:]))
             cache[order] = fields[self.indices[order]]
             self._cache = self.normalizer.normalize(torch.from_numpy(cache)).to(torch.float32)
-        if self._cache is not None:
-            return self._cache[k]
-        x = torch.from_numpy(fields[int(self.indices[k])])
+        return self._cache
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        cache = self.cached()
+        if cache is not None:
+            return cache[k]
+        x = torch.from_numpy(self._fields()[int(self.indices[k])])
         return self.normalizer.normalize(x).to(torch.float32)
 
 

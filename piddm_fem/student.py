@@ -33,7 +33,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.pairs import PairBank
 from piddm_fem.progress import progress_bar
 from piddm_fem.residual import ResidualOperator
-from piddm_fem.teacher import build_network, load_teacher, resolve_device, teacher_pairs
+from piddm_fem.teacher import LOG_EVERY, build_network, load_teacher, memory_format, resolve_device, teacher_pairs
 
 OPERATOR_FILE, PAIRS_FILE = "operator.h5", "pairs.h5"
 VAL_SEED_OFFSET = 1_000_003  # validation pairs use a noise stream the bank never draws from
@@ -64,6 +64,7 @@ class DistillConfig:
     delay_steps: int = 0          # lambda = 0 before this step, then the ramp
     physics_channels: str = "all"  # all | unknown: where the penalty's gradient enters
     k_steps: int = 1              # network evaluations per sample
+    channels_last: bool | None = None  # None: on for CUDA (teacher.memory_format)
 
 
 class Student(nn.Module):
@@ -111,9 +112,11 @@ class Distiller:
         checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
-        self.student = Student(copy.deepcopy(self.teacher).requires_grad_(True), self.cfg.k_steps).train()
+        self.memory_format = memory_format(self.cfg.channels_last, device)
+        net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=self.memory_format)
+        self.student = Student(net, self.cfg.k_steps).train()
         self.poisson = DSTPoisson(self.operator.resolution).to(device)
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")
         self.step, self.best_val, self.history = 0, float("inf"), []
         if prev is not None:
             self.student.net.load_state_dict(prev["model"])
@@ -189,14 +192,15 @@ class Distiller:
                                            val_idx, cfg.teacher_steps)
         val_seconds = time.perf_counter() - t_val
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-        t0, interrupted, stats = time.perf_counter(), False, {}
+        t0, interrupted, stats, status = time.perf_counter(), False, {}, ""
         start = self.step
+        bank = (self.bank.eps.to(self.device), self.bank.x0.to(self.device))  # resident on the device
         try:
             with progress_bar(disable=not progress) as bar:
                 task = bar.add_task("distill", total=steps, completed=self.step, status="")
                 while self.step < steps:
-                    idx = torch.randint(len(self.bank), (cfg.batch,), generator=gen)
-                    eps, x0 = self.bank.eps[idx].to(self.device), self.bank.x0[idx].to(self.device)
+                    idx = torch.randint(len(self.bank), (cfg.batch,), generator=gen).to(self.device)
+                    eps, x0 = (b[idx].contiguous(memory_format=self.memory_format) for b in bank)
                     regression, physics = self.losses(eps, x0)
                     loss = (regression + self.lam() * physics).mean()
                     self.opt.zero_grad(set_to_none=True)
@@ -206,13 +210,15 @@ class Distiller:
                     self.step += 1
                     if cfg.refresh and self.step % cfg.refresh == 0:
                         self.bank.refresh(cfg.refresh_fraction, np.random.default_rng([cfg.seed, self.step]))
+                        bank = (self.bank.eps.to(self.device), self.bank.x0.to(self.device))
                     if self.step % cfg.val_every == 0 or self.step == steps:
                         stats = self.validate(val_eps.to(self.device), val_x0.to(self.device))
                         self.save(checkpoint.LAST)
-                    rate = (self.step - start) / (time.perf_counter() - t0)
-                    bar.update(task, completed=self.step,
-                               status=f"mse={regression.mean():.2e} R={physics.mean():.2e} "
-                                      f"lam={self.lam():.1e} {rate:.1f} it/s")
+                    if self.step % LOG_EVERY == 0 or self.step == steps:  # host reads wait for the GPU
+                        rate = (self.step - start) / (time.perf_counter() - t0)
+                        status = (f"mse={float(regression.mean()):.2e} R={float(physics.mean()):.2e} "
+                                  f"lam={self.lam():.1e} {rate:.1f} it/s")
+                    bar.update(task, completed=self.step, status=status)
         except KeyboardInterrupt:
             interrupted = True
             self.save(checkpoint.LAST)

@@ -10,6 +10,7 @@ what ``sample_teacher`` and the distillation pair bank integrate.
 from __future__ import annotations
 
 import copy
+import warnings
 import os
 import time
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from piddm_fem.progress import progress_bar
 from piddm_fem.unet import UNet, UNetConfig, padding_for, preset
 
 ARCHITECTURE = ("size", "padding", "embedding")
+LOG_EVERY = 25  # steps between reads of the loss on the host (each one waits for the GPU)
 RANGES = {"batch": ("--batch", "[1, inf)"), "lr": ("--lr", "(0, inf)"), "warmup": ("--warmup", "[0, inf)"),
           "val_every": ("--val-every", "[1, inf)"), "val_samples": ("val_samples", "[1, inf)"),
           "workers": ("--workers", "[0, inf)")}
@@ -53,6 +55,8 @@ class TrainConfig:
     padding: str = "auto"
     embedding: str = "positional"
     workers: int = 0
+    compile: bool = False               # torch.compile the network (eager if compilation fails)
+    channels_last: bool | None = None   # None: on for CUDA, where bf16 convolutions prefer it
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -85,6 +89,32 @@ def distributed(device: str = "auto"):
     finally:
         if owner:
             dist.destroy_process_group()
+
+
+def memory_format(channels_last: bool | None, device: torch.device) -> torch.memory_format:
+    """channels_last when asked, or by default (None) on CUDA, where bf16 convolutions prefer it."""
+    use = channels_last if channels_last is not None else device.type == "cuda"
+    return torch.channels_last if use else torch.contiguous_format
+
+
+def compiled(module):
+    """``torch.compile(module)``, falling back to ``module`` itself (with a warning) when the
+    first call fails to compile, e.g. without a C compiler or on an unsupported platform."""
+    fast = torch.compile(module)
+    state = {"call": fast}
+
+    def call(*args, **kwargs):
+        try:
+            return state["call"](*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (torch._dynamo raises many kinds)
+            if state["call"] is module:
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                          "training eagerly")
+            state["call"] = module
+            return module(*args, **kwargs)
+
+    return call
 
 
 def build_network(ckpt_config: dict) -> EDMPrecond:
@@ -142,10 +172,11 @@ class TeacherTrainer:
 
         torch.manual_seed(self.cfg.seed)
         self.loss_fn = EDMLoss()
-        self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device)
+        self.memory_format = memory_format(self.cfg.channels_last, device)
+        self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr,
-                                     weight_decay=self.cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                     fused=device.type == "cuda")
         self.step, self.best_val = 0, float("inf")
         if ckpt is not None:
             self.net.load_state_dict(ckpt["model"])
@@ -156,13 +187,12 @@ class TeacherTrainer:
         if world > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        if self.cfg.compile:
+            self.model = compiled(self.model)
 
-        per_rank = self.cfg.batch // world
-        train = FieldDataset(data_path, splits["train"], self.normalizer)
-        sampler = InfiniteSampler(len(train), rank, world, self.cfg.seed, start=self.step * per_rank)
-        self.loader = torch.utils.data.DataLoader(
-            train, batch_size=per_rank, sampler=sampler, num_workers=self.cfg.workers,
-            pin_memory=device.type == "cuda", persistent_workers=self.cfg.workers > 0)
+        self.per_rank = self.cfg.batch // world
+        self.train = FieldDataset(data_path, splits["train"], self.normalizer)
+        self.sampler = InfiniteSampler(len(self.train), rank, world, self.cfg.seed, start=self.step * self.per_rank)
         self.val = FieldDataset(data_path, splits["val"][: self.cfg.val_samples], self.normalizer)
         self.gen = torch.Generator(device)
 
@@ -190,9 +220,27 @@ class TeacherTrainer:
         checkpoint.save(path, self.checkpoint_dict())
         return path
 
-    def train_step(self, x: torch.Tensor) -> float:
-        """One optimizer step on the normalised batch ``x``; returns its loss."""
-        x = x.to(self.device, non_blocking=True)
+    def batches(self):
+        """Endless normalised training batches in the sampler's order. A split that fits in
+        memory (``FieldDataset``'s cache) is moved to the device once and indexed there, with no
+        DataLoader and no host-device copy per step; otherwise a DataLoader reads it."""
+        cache = self.train.cached() if self.cfg.workers == 0 else None
+        if cache is None:
+            loader = torch.utils.data.DataLoader(
+                self.train, batch_size=self.per_rank, sampler=self.sampler, num_workers=self.cfg.workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.workers > 0)
+            yield from loader
+            return
+        cache = cache.to(self.device)
+        order = iter(self.sampler)
+        while True:
+            idx = torch.tensor([next(order) for _ in range(self.per_rank)], device=self.device)
+            yield cache[idx]
+
+    def train_step(self, x: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the normalised batch ``x``; returns its loss (a device scalar:
+        reading it would wait for the GPU, so callers do that only when they log)."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         # Loss noise seeded per (seed, rank, step): a resumed run repeats an uninterrupted one.
         seed = np.random.SeedSequence([self.cfg.seed, self.rank, self.step]).generate_state(1, np.uint64)
         self.gen.manual_seed(int(seed[0]))
@@ -207,9 +255,8 @@ class TeacherTrainer:
         self.step += 1
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.net.parameters()):
-                e.lerp_(p, 1 - decay)
-        return float(loss.detach())
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
+        return loss.detach()
 
     @torch.no_grad()
     def validate(self, batch: int = 64) -> float | None:
@@ -239,27 +286,30 @@ class TeacherTrainer:
         """Train until ``self.step == steps``; Ctrl-C saves last.pt and returns."""
         lead = self.rank == 0
         start_step, t0 = self.step, time.perf_counter()
-        loss_avg, val, interrupted = None, None, False
-        batches = iter(self.loader)
+        loss_avg, val, interrupted, status = None, None, False, ""
+        batches = self.batches()
         try:
             with progress_bar(disable=not (progress and lead)) as bar:
                 task = bar.add_task("teacher", total=steps, completed=self.step, status="")
                 while self.step < steps:
                     loss = self.train_step(next(batches))
-                    loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+                    loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss  # on the device
                     validated = lead and (self.step % self.cfg.val_every == 0 or self.step == steps)
                     if validated:
                         val = self._checkpoint_round()
-                    rate = (self.step - start_step) / (time.perf_counter() - t0)
-                    status = f"loss={loss_avg:.4f}" + ("" if val is None else f" val={val:.4f}")
-                    bar.update(task, completed=self.step, status=f"{status} {rate:.2f} it/s")
+                    if validated or self.step % LOG_EVERY == 0:  # the only host reads of the loss
+                        rate = (self.step - start_step) / (time.perf_counter() - t0)
+                        status = f"loss={float(loss_avg):.4f}" + ("" if val is None else f" val={val:.4f}")
+                        status += f" {rate:.2f} it/s"
+                    bar.update(task, completed=self.step, status=status)
                     if validated and progress:  # one line per validation, also in log files
-                        bar.console.print(f"step {self.step}: {status} ({rate:.2f} it/s)")
+                        bar.console.print(f"step {self.step}: {status}")
         except KeyboardInterrupt:
             interrupted = True
             if lead:
                 self.save(checkpoint.LAST)
-        return {"step": self.step, "loss": loss_avg, "val": val, "best_val": self.best_val,
+        return {"step": self.step, "loss": None if loss_avg is None else float(loss_avg), "val": val,
+                "best_val": self.best_val,
                 "seconds": time.perf_counter() - t0, "interrupted": interrupted,
                 "out": str(self.out_dir), "rank": self.rank}
 

@@ -20,7 +20,7 @@ WORKER = textwrap.dedent("""
     with distributed("cpu") as (rank, world, device):
         settings = dict(batch=8, val_every=2, val_samples=4, warmup=1, lr=5e-3)
         trainer = TeacherTrainer(data, out, settings, device, rank=rank, world=world)
-        first = next(iter(trainer.loader))
+        first = next(trainer.batches())
         init = {k: v.clone() for k, v in trainer.net.state_dict().items()}
         stats = trainer.run(3, progress=False)
         torch.save({"world": world, "backend": torch.distributed.get_backend(), "first": first,
