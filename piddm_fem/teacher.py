@@ -57,6 +57,8 @@ class TrainConfig:
     workers: int = 0
     compile: bool = False               # torch.compile the network (eager if compilation fails)
     channels_last: bool | None = None   # None: on for CUDA, where bf16 convolutions prefer it
+    fused: bool | None = None           # fused AdamW; None: on for CUDA
+    resident: bool = True               # keep a split that fits in memory on the device
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -175,8 +177,9 @@ class TeacherTrainer:
         self.memory_format = memory_format(self.cfg.channels_last, device)
         self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        fused = self.cfg.fused if self.cfg.fused is not None else device.type == "cuda"
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
-                                     fused=device.type == "cuda")
+                                     fused=fused)
         self.step, self.best_val = 0, float("inf")
         if ckpt is not None:
             self.net.load_state_dict(ckpt["model"])
@@ -224,7 +227,7 @@ class TeacherTrainer:
         """Endless normalised training batches in the sampler's order. A split that fits in
         memory (``FieldDataset``'s cache) is moved to the device once and indexed there, with no
         DataLoader and no host-device copy per step; otherwise a DataLoader reads it."""
-        cache = self.train.cached() if self.cfg.workers == 0 else None
+        cache = self.train.cached() if self.cfg.workers == 0 and self.cfg.resident else None
         if cache is None:
             loader = torch.utils.data.DataLoader(
                 self.train, batch_size=self.per_rank, sampler=self.sampler, num_workers=self.cfg.workers,

@@ -21,7 +21,7 @@ def assert_close_weights(a: dict, b: dict, atol: float) -> None:
 
 def test_teacher_fast_path_matches_the_dataloader_path(tmp_path):
     data = make_dataset(tmp_path / "d.h5")
-    plain = TeacherTrainer(data, tmp_path / "plain", dict(FAST, workers=1, channels_last=False, val_every=100),
+    plain = TeacherTrainer(data, tmp_path / "plain", dict(FAST, resident=False, channels_last=False, val_every=100),
                            torch.device("cpu"))
     fast = TeacherTrainer(data, tmp_path / "fast", dict(FAST, workers=0, channels_last=True, val_every=100),
                           torch.device("cpu"))
