@@ -7,7 +7,10 @@ For the data, the teacher's samples and each student's samples (same noise indic
   interface of each binary channel, against the share of such nodes (``interface``);
 - its radially averaged power spectrum (spectrum.png);
 - which channel the physics penalty pushes: the norm of the penalty's gradient with respect to each
-  output channel in normalised units, for the l2 and the dual-norm penalty (``gradient_share``).
+  output channel in normalised units, for the l2 and the dual-norm penalty (``gradient_share``),
+  and, for each student, the norm of lambda * the penalty's gradient on the weights through each
+  channel alone (the others held constant) against the regression's, with their cosines
+  (``weight_gradients``, on 32 pairs of the student's bank).
 torch only. Writes OUT/diagnosis.json and the figures.
 
     python benchmarks/student_diagnosis.py --data data.h5 --teacher-samples t.h5 \
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+import h5py
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +33,7 @@ from piddm_fem.data import Normalizer
 from piddm_fem.dual_norm import DSTPoisson, dual_loss
 from piddm_fem.figures import plot_lines
 from piddm_fem.residual import ResidualOperator
-from piddm_fem.student import sample_student
+from piddm_fem.student import load_student, sample_student
 
 
 def radial_spectrum(r: np.ndarray) -> np.ndarray:
@@ -64,6 +69,33 @@ def gradient_share(operator, normalizer, fields: np.ndarray) -> dict:
         norms = grad.flatten(2).norm(dim=2).mean(0)
         out[name] = (norms / norms.sum()).tolist()
     return out
+
+
+def weight_gradients(student_dir, channels, n: int = 32) -> dict:
+    """Norms of the regression's and of lambda * penalty's gradient on the student's weights, the
+    penalty's through each channel alone, and their cosines with the regression's."""
+    student, ckpt, normalizer, operator = load_student(student_dir)
+    cfg = ckpt["config"]["distill"]
+    poisson = DSTPoisson(operator.resolution)
+    with h5py.File(Path(student_dir) / "pairs.h5") as f:
+        eps, x0 = torch.from_numpy(f["eps"][:n]), torch.from_numpy(f["x0"][:n])
+    params = [p for p in student.parameters()]
+
+    def grad(loss):
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    pred = student(eps)
+    out = {"regression": grad((pred - x0).square().mean())}
+    for c, name in enumerate(channels):
+        keep = torch.zeros(len(channels), 1, 1, dtype=torch.bool)
+        keep[c] = True
+        x = normalizer.denormalize(student(eps))
+        x = torch.where(keep, x, x.detach()).double()
+        penalty = dual_loss(operator, poisson, x) if cfg.get("physics_norm") == "dual" else operator.loss(x)
+        out[f"physics via {name}"] = cfg["lambda_train"] * grad(penalty.mean().float())
+    reg = out["regression"]
+    return {k: {"norm": float(g.norm()), "cosine_with_regression": float(g @ reg / (g.norm() * reg.norm() + 1e-30))}
+            for k, g in out.items()}
 
 
 def main() -> None:
@@ -102,6 +134,7 @@ def main() -> None:
         curves["regression (normalised MSE)"][name] = (steps, [h["val_regression"] for h in history])
         curves["relative residual (median)"][name] = (steps, [h.get("val_relative_residual", np.nan) for h in history])
         report["sets"][name]["history"] = history
+        report["sets"][name]["weight_gradients"] = weight_gradients(path, info.channels)
     plot_lines(list(curves.items()), out / "learning_curves.png", xlabel="distillation step",
                title="student learning curves (validation pairs)")
     k = np.arange(1, len(next(iter(spectra.values()))))
