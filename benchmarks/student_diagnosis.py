@@ -102,7 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--teacher-samples", required=True)
-    p.add_argument("--student", action="append", default=[], help="NAME=DIR")
+    p.add_argument("--student", action="append", default=[], help="NAME=DIR (repeatable)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -111,7 +111,7 @@ def main() -> None:
     operator = ResidualOperator.from_file(args.data)
     _, data, _ = schema.read(args.data, np.arange(args.n))
     sets = {"data": data, "teacher": schema.read(args.teacher_samples)[1][: args.n]}
-    students = dict(s.split("=", 1) for s in args.student)
+    students = dict(s.rsplit("=", 1) for s in args.student)  # names may hold "=", paths do not
     for name, path in students.items():
         sets[name] = sample_student(path, args.n, 0, device="cpu")["fields"]
     normalizer = Normalizer.from_dict(checkpoint.load(next(iter(students.values())), kind="student")["normalization"])
