@@ -216,7 +216,7 @@ class Distiller:
                         self.save(checkpoint.LAST)
                     if self.step % LOG_EVERY == 0 or self.step == steps:  # host reads wait for the GPU
                         rate = (self.step - start) / (time.perf_counter() - t0)
-                        status = (f"mse={float(regression.mean()):.2e} R={float(physics.mean()):.2e} "
+                        status = (f"mse={float(regression.detach().mean()):.2e} R={float(physics.detach().mean()):.2e} "
                                   f"lam={self.lam():.1e} {rate:.1f} it/s")
                     bar.update(task, completed=self.step, status=status)
         except KeyboardInterrupt:
