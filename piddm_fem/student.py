@@ -89,11 +89,13 @@ class Distiller:
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
         self.student = OneStepStudent(copy.deepcopy(self.teacher).requires_grad_(True)).train()
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
-        self.step, self.best_val = 0, float("inf")
+        self.step, self.best_val, self.train_seconds = 0, float("inf"), 0.0
         if prev is not None:
             self.student.net.load_state_dict(prev["model"])
             self.opt.load_state_dict(prev["optimizer"])
             self.step, self.best_val = int(prev["step"]), float(prev["best_val"])
+            self.train_seconds = float(prev.get("distill_seconds", 0.0))
+        self._run_start = time.perf_counter()  # distillation seconds, pairs excluded, are recorded
         bank_args = (self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt, self.cfg.pairs,
                      self.cfg.seed, self.cfg.teacher_steps)
         try:  # a bank of the same teacher, seed and size is reused (e.g. copied from another run)
@@ -141,7 +143,8 @@ class Distiller:
                             "version": t.get("version")},
                 "model": weights, "ema": weights, "optimizer": self.opt.state_dict(),
                 "step": self.step, "best_val": self.best_val,
-                "pair_seconds": self.bank.generation_seconds}
+                "pair_seconds": self.bank.generation_seconds,
+                "distill_seconds": self.train_seconds + time.perf_counter() - self._run_start}
 
     def run(self, steps: int, progress: bool = True) -> dict:
         cfg = self.cfg
@@ -153,6 +156,7 @@ class Distiller:
         val_seconds = time.perf_counter() - t_val
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         t0, interrupted, stats = time.perf_counter(), False, {}
+        self._run_start = t0
         start = self.step
         try:
             with progress_bar(disable=not progress) as bar:
