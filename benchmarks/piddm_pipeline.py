@@ -19,23 +19,25 @@ from piddm_fem.report import write_compare
 from piddm_fem.student import distill, share_pair_bank
 from piddm_fem.teacher import train_teacher
 
-PROBE_STEPS = 20
-
-
-def train_on_budget(data, out, seconds: float, size: str, batch: int, device: str) -> dict:
-    """Train a teacher for about ``seconds`` of training: a short probe warms up (its start-up is
-    not counted), the rate is measured over the next ``PROBE_STEPS`` steps, a resume fills the rest."""
+def train_on_budget(data, out, seconds: float, size: str, batch: int, device: str, probe: int = 20) -> dict:
+    """Train a teacher for about ``seconds`` of training time: ``probe`` steps warm up first (process
+    start-up, allocation, the first slow steps: not counted), then resumed chunks, each sized from
+    the rate measured on the one before, until the budget is spent."""
     t0 = time.perf_counter()
-    train_teacher(data, out, steps=PROBE_STEPS, batch=batch, size=size, device=device, progress=False,
-                  val_every=PROBE_STEPS, warmup=200)
+    stats = train_teacher(data, out, steps=probe, batch=batch, size=size, device=device, progress=False,
+                          val_every=probe, warmup=200)
     warm = time.perf_counter()
-    stats = train_teacher(data, out, steps=2 * PROBE_STEPS, device=device, resume=True, progress=False,
-                          val_every=10**9)
-    rate = PROBE_STEPS / stats["seconds"]
-    steps = max(4 * PROBE_STEPS, int(2 * PROBE_STEPS + rate * (seconds - (time.perf_counter() - warm))))
-    stats = train_teacher(data, out, steps=steps, device=device, resume=True, progress=False,
-                          val_every=max(100, steps // 8))
-    return {**stats, "rate": rate, "startup_seconds": warm - t0, "wall": time.perf_counter() - t0}
+    trained, rate, chunk = 0.0, None, probe
+    for _ in range(5):
+        if trained >= 0.95 * seconds:
+            break
+        stats = train_teacher(data, out, steps=stats["step"] + chunk, device=device, resume=True,
+                              progress=False, val_every=max(100, chunk // 4))
+        trained += stats["seconds"]
+        rate = chunk / stats["seconds"]
+        chunk = max(1, int(rate * (seconds - trained)))
+    return {**stats, "trained_seconds": trained, "rate": rate, "startup_seconds": warm - t0,
+            "wall": time.perf_counter() - t0}
 
 
 def main(argv=None) -> dict:
@@ -45,6 +47,7 @@ def main(argv=None) -> dict:
     p.add_argument("--teacher", help="existing teacher directory (else one is trained into OUT/teacher)")
     p.add_argument("--train-teacher-seconds", type=float, default=60)
     p.add_argument("--size", default="tiny")
+    p.add_argument("--probe-steps", type=int, default=20, help="warm-up steps, then as many to measure the rate")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--distill-steps", type=int, default=400)
@@ -52,6 +55,7 @@ def main(argv=None) -> dict:
     p.add_argument("--lambda-train", type=float, default=1e-2)
     p.add_argument("--pairs", type=int, default=512)
     p.add_argument("--methods", help="comma-separated (default: all)")
+    p.add_argument("--compare-out", help="where compare.json/md and figures go [OUT]")
     p.add_argument("--quick", action="store_true", help="the compare stage on tiny budgets")
     p.add_argument("--guidance-steps", type=int)
     p.add_argument("--n-eval", type=int)
@@ -65,7 +69,7 @@ def main(argv=None) -> dict:
     teacher = Path(args.teacher) if args.teacher else out / "teacher"
     if not args.teacher and not (teacher / "best.pt").exists():
         costs["teacher"] = train_on_budget(args.data, teacher, args.train_teacher_seconds, args.size, args.batch,
-                                           args.device)
+                                           args.device, args.probe_steps)
         print("teacher:", json.dumps(costs["teacher"]), flush=True)
     students = {"PIDDM": out / "student", "lambda=0": out / "student_lambda0"}
     budget = make_budget(teacher, args.quick, guidance_steps=args.guidance_steps, n_eval=args.n_eval,
@@ -79,12 +83,13 @@ def main(argv=None) -> dict:
         distill(teacher, args.data, d, steps, device=args.device, progress=False, lambda_train=lam,
                 pairs=args.pairs, teacher_steps=budget.heun_steps, batch=args.distill_batch,
                 ramp_steps=steps // 4, refresh=max(1, steps // 4), val_every=max(1, steps // 4))
-    setup = load_setup(args.data, teacher, students, budget, args.device, out)
+    where = Path(args.compare_out or out)
+    setup = load_setup(args.data, teacher, students, budget, args.device, where)
     names = args.methods.split(",") if args.methods else default_methods(students)
     doc = compare(setup, names, args.seeds, fem=args.fem)
     doc["pipeline"] = {"args": vars(args), "costs": costs}
-    write_compare(out, doc)
-    print(f"wrote {out / 'compare.json'}", flush=True)
+    write_compare(where, doc)
+    print(f"wrote {where / 'compare.json'}", flush=True)
     return doc
 
 

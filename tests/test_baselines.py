@@ -228,3 +228,26 @@ def test_report_is_keyed_by_the_dataset_channels():
     assert "| MMSE f | MMSE u | SMSE f | SMSE u |" in md and "0.5 ± 0.1" in md
     assert "| method | rel l2 u | residual | s/problem |" in md
     assert "a > thr" not in md and "Darcy" not in md
+
+
+@pytest.mark.firedrake
+def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
+    """benchmarks/piddm_pipeline.py (what benchmarks/gpu_compare.sh runs): a teacher on a time
+    budget whose probe start-up is not counted, both students, compare.json."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "piddm_pipeline.py"
+    spec = importlib.util.spec_from_file_location("piddm_pipeline", path)
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    out = tmp_path / "run"
+    doc = pipeline.main(["--data", str(darcy20 / "data.h5"), "--out", str(out), "--train-teacher-seconds", "3",
+                         "--probe-steps", "2", "--batch", "4", "--distill-steps", "2", "--pairs", "4",
+                         "--distill-batch", "4", "--quick", "--seeds", "0", "--methods", "teacher,PIDDM-1,eci,fno",
+                         "--device", "cpu"])
+    teacher = doc["pipeline"]["costs"]["teacher"]
+    # the budget is training time after the probe's warm-up, not wall time with start-up
+    assert 0.9 * 3 <= teacher["trained_seconds"] <= 2 * 3 and teacher["step"] > 4
+    saved = json.loads((out / "compare.json").read_text())
+    assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "eci", "fno"]
