@@ -25,8 +25,8 @@ import torch
 
 from piddm_fem import checkpoint, metrics, schema
 from piddm_fem.errors import PiddmError
+from piddm_fem.tasks import TASKS
 
-TASKS = ("forward", "inverse", "reconstruct")
 TASK_SETTINGS = {"forward": {}, "inverse": {}, "reconstruct": {"fraction": 0.1}}
 
 
@@ -292,7 +292,8 @@ def compare(setup: Setup, names: list[str], seeds: list[int], tasks=TASKS, fem: 
     rows = []
     for m in methods:
         per_seed = [r["rows"][m.name] for r in runs]
-        row = {"method": m.name, "nfe": m.nfe, "can": list(m.can), "settings": m.settings,
+        row = {"method": m.name, "nfe": m.nfe, "can": list(m.can), "posterior_mean": m.posterior_mean,
+               "settings": m.settings,
                **{k: _aggregate([p[k] for p in per_seed]) for k in ("sample", "tasks") if k in per_seed[0]}}
         row["costs"] = m.costs
         rows.append(row)

@@ -75,6 +75,46 @@ def _task_keys(methods, task) -> list[str]:
     return keys
 
 
+PIDDM_ROWS = ("PIDDM-1", "PIDDM-ref", "lambda=0")
+GUIDED_NFE = 2 * 2000 - 1  # DiffusionPDE's default of 2000 Heun steps
+
+
+def claims(doc: dict) -> list[str]:
+    """The paper's claims for this run, checked as stated in issue 14 (PIDDM-1 against the
+    baselines on the same teacher): pass/fail lines with the numbers."""
+    rows = {m["method"]: m for m in doc["methods"] if "sample" in m}
+    if "PIDDM-1" not in rows:
+        return []
+    p = rows["PIDDM-1"]
+    mean = {k: m for k, m in rows.items() if m.get("posterior_mean")}
+    baselines = {k: m for k, m in rows.items() if k not in PIDDM_ROWS}
+    ok = {True: "holds", False: "FAILS"}
+    lines = ["## The paper's claims on this run", ""]
+    if mean:
+        best = min(mean, key=lambda k: mean[k]["sample"]["residual"]["mean"])
+        r, rb = p["sample"]["residual"]["mean"], mean[best]["sample"]["residual"]["mean"]
+        lines.append(f"- PIDDM-1's residual below every posterior-mean method's: {ok[r < rb]} "
+                     f"({_fmt(r)} vs {_fmt(rb)}, {best}).")
+        guided = [m for m in mean.values() if m["settings"].get("steps")]
+        for m in guided[:1]:
+            ratio = m["nfe"] / p["nfe"]
+            lines.append(f"- >= 30x fewer NFE than guided sampling: {ok[ratio >= 30]} ({ratio:.0f}x at "
+                         f"{m['settings']['steps']} steps; {GUIDED_NFE / p['nfe']:.0f}x at 2000 steps).")
+            per_nfe = m["sample"]["seconds_per_sample"]["mean"] / m["nfe"]
+            speed = per_nfe * GUIDED_NFE / p["sample"]["seconds_per_sample"]["mean"]
+            lines.append(f"- >= 1000x faster per sample than 2000-step guided sampling (extrapolated from "
+                         f"{m['method']}'s time per NFE): {ok[speed >= 1000]} ({speed:.0f}x).")
+    for stat in ("mmse", "smse"):
+        for c in doc["channels"]:
+            if not baselines:
+                break
+            best = min(baselines, key=lambda k: baselines[k]["sample"][stat][c]["mean"])
+            v, vb = p["sample"][stat][c]["mean"], baselines[best]["sample"][stat][c]["mean"]
+            lines.append(f"- {stat.upper()} {c} no worse than 1.5x the best baseline's: {ok[v <= 1.5 * vb]} "
+                         f"({_fmt(v)} vs {_fmt(vb)}, {best}).")
+    return lines + [""]
+
+
 def compare_markdown(doc: dict) -> str:
     """The tables of compare.md: unconditional samples, one table per task, one-off costs."""
     channels, methods = doc["channels"], doc["methods"]
@@ -116,6 +156,7 @@ def compare_markdown(doc: dict) -> str:
             lines.append("| " + " | ".join([m["method"]] + [_pm(t.get(k)) for k in keys]
                                            + [_fmt(t["seconds_per_problem"]["mean"])]) + " |")
         lines.append("")
+    lines += claims(doc)
     lines += ["## Settings and one-off costs", "", "| method | settings | one-off costs |", "|---|---|---|"]
     for m in methods:
         costs = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.get("costs", {}).items()

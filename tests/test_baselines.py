@@ -251,3 +251,20 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
     assert 0.9 * 3 <= teacher["trained_seconds"] <= 2 * 3 and teacher["step"] > 4
     saved = json.loads((out / "compare.json").read_text())
     assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "eci", "fno"]
+
+
+def test_claims_report_a_failure_with_the_numbers():
+    from piddm_fem.report import claims
+
+    def row(name, residual, nfe, mean_flag, mmse, steps=None):
+        leaf = {"mean": mmse, "std": 0.0, "n": 3}
+        return {"method": name, "nfe": nfe, "posterior_mean": mean_flag, "settings": {"steps": steps} if steps else {},
+                "sample": {"residual": {"mean": residual}, "mmse": {"u": leaf}, "smse": {"u": leaf},
+                           "seconds_per_sample": {"mean": 1e-3 * nfe}}}
+
+    doc = {"channels": ["u"], "methods": [row("PIDDM-1", 0.5, 1, False, 2.0), row("dps-weak", 0.2, 199, True, 1.0, 100),
+                                          row("teacher", 0.6, 35, False, 1.0)]}
+    text = "\n".join(claims(doc))
+    assert "residual below every posterior-mean method's: FAILS (0.5 vs 0.2, dps-weak)" in text
+    assert "fewer NFE than guided sampling: holds (199x" in text
+    assert "MMSE u no worse than 1.5x the best baseline's: FAILS (2 vs 1" in text

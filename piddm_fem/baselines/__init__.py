@@ -37,6 +37,7 @@ class BaseMethod:
 
     can: tuple = ()
     nfe: int = 0
+    posterior_mean: bool = False  # constrains E[x0|xt] (PIDDM's claim is about these methods)
 
     def __init__(self, name: str, setup):
         self.name, self.setup = name, setup

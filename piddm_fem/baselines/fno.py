@@ -75,7 +75,7 @@ def train_fno(model: FNO2d, inputs: torch.Tensor, targets: torch.Tensor, seconds
         steps += 1
         if t0 is None:
             t0 = time.perf_counter()
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss": float(loss)}
+    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss": float(loss.detach())}
 
 
 class FNO(BaseMethod):

@@ -57,6 +57,8 @@ class Guidance(BaseMethod):
     """``observe=True``: DiffusionPDE on the tasks; ``observe=False``: DPS/CoCoGen-style
     unconditional sampling with the PDE term only (same schedule, zeta_obs = 0)."""
 
+    posterior_mean = True
+
     def __init__(self, name, setup, residual: str, observe: bool):
         from piddm_fem.evaluation import _fd_residual
 

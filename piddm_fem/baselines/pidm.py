@@ -15,6 +15,7 @@ from piddm_fem import checkpoint
 from piddm_fem.baselines import BaseMethod
 from piddm_fem.baselines.sampling import Teacher
 from piddm_fem.edm import EDMLoss
+from piddm_fem.errors import PiddmError
 
 
 class PIDMLoss:
@@ -59,17 +60,16 @@ def finetune(setup, out_dir, steps: int, lam: float, lr: float = 2e-4, ema_decay
 
 class PIDM(BaseMethod):
     can = ("sample",)
+    posterior_mean = True
 
     def __init__(self, name, setup):
-        import tempfile
-        from pathlib import Path
-
         from piddm_fem.teacher import load_teacher
 
         super().__init__(name, setup)
         b = setup.budget
-        root = Path(setup.out_dir) if setup.out_dir is not None else Path(tempfile.mkdtemp())
-        out_dir = root / "pidm"
+        if setup.out_dir is None:
+            raise PiddmError(f"method {name} fine-tunes the teacher into OUT/pidm; give an output directory")
+        out_dir = setup.out_dir / "pidm"
         self.costs = finetune(setup, out_dir, b.pidm_steps, b.pidm_lambda)
         net, _ = load_teacher(out_dir / checkpoint.LAST, setup.device)
         self.sampler = Teacher(name, setup, net=net)
