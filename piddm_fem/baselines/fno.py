@@ -60,13 +60,13 @@ class FNO2d(nn.Module):
 
 
 def train_fno(model: FNO2d, inputs: torch.Tensor, targets: torch.Tensor, seconds: float, batch: int = 16,
-              lr: float = 1e-3, seed: int = 0) -> dict:
+              lr: float = 1e-3, seed: int = 0, max_steps: int | None = None) -> dict:
     """Adam on the mean-square error until ``seconds`` of training have passed (the clock starts
-    after the first step, so start-up is not counted); at least one step."""
+    after the first step, so start-up is not counted) or ``max_steps`` steps; at least one step."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps, t0 = 0, None
-    while t0 is None or time.perf_counter() - t0 < seconds:
+    while t0 is None or (time.perf_counter() - t0 < seconds and (max_steps is None or steps < max_steps)):
         idx = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=gen)
         loss = (model(inputs[idx]) - targets[idx]).square().mean()
         opt.zero_grad(set_to_none=True)
