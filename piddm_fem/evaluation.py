@@ -15,6 +15,7 @@ channels, the finite-difference residual where one exists).
 from __future__ import annotations
 
 import functools
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -230,7 +231,7 @@ def _timed(device, fn, *args):
     return out, time.perf_counter() - t0
 
 
-def run_seed(setup: Setup, methods: list, seed: int, tasks=TASKS, fem: bool = False) -> dict:
+def run_seed(setup: Setup, methods: list[Method], seed: int, tasks=TASKS, fem: bool = False) -> dict:
     """Every method on one seed: {method: {"sample": metrics, "tasks": {task: errors}}} plus the
     fields used for the figures under "_fields"."""
     b = setup.budget
@@ -288,7 +289,7 @@ def compare(setup: Setup, names: list[str], seeds: list[int], tasks=TASKS, fem: 
     if not seeds:
         raise PiddmError("give at least one seed, e.g. --seeds 0 1 2")
     methods = baselines.build(names, setup, tasks)
-    runs = [run_seed(setup, methods, seed, tasks, fem) for seed in seeds]
+    runs = [_seed_rows(setup, methods, seed, tasks, fem) for seed in seeds]
     rows = []
     for m in methods:
         per_seed = [r["rows"][m.name] for r in runs]
@@ -302,11 +303,29 @@ def compare(setup: Setup, names: list[str], seeds: list[int], tasks=TASKS, fem: 
            "data": str(setup.data), "teacher": str(setup.teacher_dir), "seeds": list(seeds),
            "tasks": list(tasks), "n_test": int(setup.splits["test"].size), "budget": asdict(setup.budget),
            "device": str(setup.device), "reference": reference_row(setup, fem), "methods": rows}
-    if figures and setup.out_dir is not None:
+    shown = next((r["_fields"] for r in runs if "_fields" in r), None)
+    if figures and setup.out_dir is not None and shown is not None:
         from piddm_fem.report import compare_figures
 
-        doc["figures"] = compare_figures(setup.out_dir, setup, runs[0]["_fields"])
+        doc["figures"] = compare_figures(setup.out_dir, setup, shown)
     return doc
+
+
+def _seed_rows(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool) -> dict:
+    """``run_seed``, kept in OUT/rows_seed<k>.json (atomically) so that an interrupted comparison
+    resumes at the first unfinished seed; reused only for the same methods, tasks and budget."""
+    key = {"methods": [m.name for m in methods], "tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget)}
+    path = None if setup.out_dir is None else setup.out_dir / f"rows_seed{seed}.json"
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            return {"rows": saved["rows"]}
+    run = run_seed(setup, methods, seed, tasks, fem)
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "rows": run["rows"]}))
+        tmp.replace(path)
+    return run
 
 
 def make_budget(teacher_dir, quick: bool = False, **overrides) -> Budget:

@@ -268,3 +268,19 @@ def test_claims_report_a_failure_with_the_numbers():
     assert "residual below every posterior-mean method's: FAILS (0.5 vs 0.2, dps-weak)" in text
     assert "fewer NFE than guided sampling: holds (199x" in text
     assert "MMSE u no worse than 1.5x the best baseline's: FAILS (2 vs 1" in text
+
+
+@pytest.mark.firedrake
+def test_compare_resumes_finished_seeds(darcy20, tmp_path):
+    from piddm_fem.evaluation import QUICK, compare, load_setup
+
+    setup = load_setup(darcy20 / "data.h5", darcy20 / "teacher", budget=QUICK, device="cpu", out_dir=tmp_path)
+    first = compare(setup, ["teacher", "eci"], [0, 1], figures=False)
+    saved = json.loads((tmp_path / "rows_seed1.json").read_text())
+    saved["rows"]["eci"]["tasks"]["forward"]["rel_l2_u"] = 123.0  # a finished seed is read back, not rerun
+    (tmp_path / "rows_seed1.json").write_text(json.dumps(saved))
+    again = compare(setup, ["teacher", "eci"], [0, 1], figures=False)
+    assert again["methods"][0]["sample"] == first["methods"][0]["sample"]
+    assert again["methods"][1]["tasks"]["forward"]["rel_l2_u"]["mean"] > 60
+    other = compare(setup, ["eci"], [1], figures=False)  # other methods: computed afresh
+    assert other["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
