@@ -55,7 +55,6 @@ def compare(data: Path = typer.Argument(..., help="The dataset the teacher was t
         if s:
             msg += f", residual {s['residual']['mean']:.3g}, {1e3 * s['seconds_per_sample']['mean']:.2f} ms/sample"
         for task, errs in m.get("tasks", {}).items():
-            first = next(k for k in errs if k.startswith("rel_l2_"))
-            msg += f"; {task} {first} {errs[first]['mean']:.3g}"
+            msg += f"; {task} " + " ".join(f"{k} {v['mean']:.3g}" for k, v in errs.items() if k.startswith("rel_l2_"))
         out.print(msg)
     out.print(f"wrote {paths['json']} and {paths['md']}")
