@@ -15,13 +15,14 @@ def split_list(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def compare(data: Path = typer.Argument(..., help="The dataset the teacher was trained on (with its operator)."),
+def compare(ctx: typer.Context,
+            data: Path = typer.Argument(..., help="The dataset the teacher was trained on (with its operator)."),
             teacher: Path = typer.Option(..., "--teacher", help="Teacher run directory or checkpoint."),
             student: Optional[Path] = typer.Option(None, "--student", help="PIDDM student (lambda_train > 0)."),
             ablation: Optional[Path] = typer.Option(None, "--ablation", help="The lambda_train = 0 student."),
             methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated names [all that the given runs allow]."),
             tasks: str = typer.Option("forward,inverse,reconstruct", "--tasks", help="Comma-separated tasks."),
-            seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Seeds (repeatable)."),
+            seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Seeds: --seeds 0 1 2 (or repeated)."),
             out_dir: Path = typer.Option(..., "--out", help="Output directory."),
             quick: bool = typer.Option(False, "--quick", help="Tiny budgets: a seconds-long smoke run."),
             guidance_steps: Optional[int] = typer.Option(None, "--guidance-steps", help="Steps of the guided samplers [200]."),
@@ -37,6 +38,10 @@ def compare(data: Path = typer.Argument(..., help="The dataset the teacher was t
     from piddm_fem.errors import PiddmError
     from piddm_fem.report import write_compare
 
+    extra = [a for a in ctx.args if not a.lstrip("-").isdigit()]
+    if extra:
+        raise PiddmError(f"unexpected argument {extra[0]!r}; options are listed by `piddm compare --help`")
+    seeds = list(seeds) + [int(a) for a in ctx.args]  # --seeds 0 1 2: the later seeds arrive as extra arguments
     task_list = split_list(tasks)
     bad = [t for t in task_list if t not in TASKS]
     if bad:

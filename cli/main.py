@@ -220,7 +220,7 @@ app.add_typer(_teacher.app, name="teacher")
 app.command()(_student.distill)
 app.command()(_student.sample)
 app.command()(_student.infer)
-app.command()(_compare.compare)
+app.command(context_settings={"allow_extra_args": True})(_compare.compare)
 app.command()(_demo.demo)
 app.command()(_bench.bench)
 

@@ -171,7 +171,7 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
 
     out = tmp_path / "cmp"
     code, stdout, err = cli("compare", darcy20 / "data.h5", "--teacher", darcy20 / "teacher", "--student",
-                            darcy20 / "student", "--ablation", darcy20 / "ablation", "--seeds", 0, "--seeds", 1,
+                            darcy20 / "student", "--ablation", darcy20 / "ablation", "--seeds", 0, 1,
                             "--out", out, "--quick", "--device", "cpu")
     assert code == 0, err
     doc = json.loads((out / "compare.json").read_text())
@@ -201,6 +201,7 @@ def test_compare_bad_input_is_one_line(cli, darcy20, tiny_student, tmp_path):
     # tiny_student was distilled from a teacher of another Darcy dataset
     assert_one_line_error(*cli(*base, "--student", tiny_student)[::2], "another dataset", "normalization")
     assert_one_line_error(*cli(*base, "--tasks", "forwards")[::2], "unknown task 'forwards'")
+    assert_one_line_error(*cli(*base, "stray")[::2], "unexpected argument 'stray'")
 
 
 def test_a_method_refuses_a_task_it_cannot_do_by_name():
