@@ -11,7 +11,7 @@ import json
 
 
 from piddm_fem import checkpoint, metrics, schema
-from piddm_fem.cli.evaluation import fem_relative
+from piddm_fem.evaluation import fem_relative
 from piddm_fem.teacher import dataset_splits, sample_teacher
 
 

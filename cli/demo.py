@@ -1,7 +1,8 @@
 """`piddm demo`: the whole pipeline on an embedded default, with a report and figures.
 
-solve (Firedrake) -> dataset -> teacher -> pairs -> student -> sampling, refinement and the three
-tasks -> back to Firedrake for validation -> demo_out/report.md with tables and PNG figures. Every
+solve (Firedrake) -> dataset -> teacher -> pairs -> student -> `piddm compare` of every method on
+the teacher (sampling and the three tasks, residuals from the torch operator and Firedrake) ->
+demo_out/report.md with tables and PNG figures. Every
 stage skips what is already on disk, so an interrupted demo continues where it stopped.
 """
 
@@ -21,10 +22,13 @@ DEFAULT = {"problem": "darcy", "res": 33, "n_samples": 1000, "seed": 0,
            "teacher_steps": 1000, "teacher_size": "tiny", "teacher_batch": 32,
            "heun_steps": 18, "pairs": 256, "distill_steps": 250, "lambda_train": 1e-2,
            "n_eval": 64, "refine_steps": 40, "lambda_infer": 1e-2,
-           "task_problems": 8, "restarts": 4, "task_steps": 100, "task_lambda": 1e-3}
+           "task_problems": 8, "restarts": 4, "task_steps": 100, "task_lambda": 1e-3,
+           "guidance_steps": 50, "fno_seconds": 60.0}
+DEMO_BUDGET = ("n_eval", "heun_steps", "refine_steps", "lambda_infer", "task_problems", "restarts",
+               "task_steps", "task_lambda", "guidance_steps", "fno_seconds")  # the evaluation settings above (piddm_fem.evaluation.Budget)
 QUICK = {**DEFAULT, "res": 17, "n_samples": 40, "teacher_steps": 20, "heun_steps": 4, "pairs": 16,
          "distill_steps": 10, "n_eval": 8, "refine_steps": 3, "task_problems": 2, "restarts": 2,
-         "task_steps": 3}
+         "task_steps": 3, "guidance_steps": 4, "fno_seconds": 1.0}
 
 
 def demo(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output directory."),
@@ -60,11 +64,11 @@ def demo(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output di
     stage("distill", student_dir / "done", lambda: _distill(cfg, data, teacher_dir, student_dir, device, cfg["lambda_train"]))
     stage("distill lambda=0", ablation_dir / "done", lambda: _distill(cfg, data, teacher_dir, ablation_dir, device, 0.0,
                                                                       pairs_from=student_dir))
-    stage("evaluate", out_dir / "results.json",
-          lambda: _evaluate(cfg, data, teacher_dir, student_dir, ablation_dir, out_dir, device))
-    from piddm_fem.cli.report import write_report
+    stage("compare", out_dir / "compare.json",
+          lambda: _compare(cfg, data, teacher_dir, student_dir, ablation_dir, out_dir, device, quick))
+    from piddm_fem.report import write_report
 
-    write_report(out_dir, cfg, json.loads((out_dir / "results.json").read_text()), timings)
+    write_report(out_dir, cfg, json.loads((out_dir / "compare.json").read_text()), timings)
     out.print(f"[bold green]report: {out_dir / 'report.md'}")
 
 
@@ -103,12 +107,13 @@ def _distill(cfg, data, teacher_dir, student_dir, device, lam, pairs_from=None):
     (student_dir / "done").write_text(json.dumps(stats))
 
 
-def _evaluate(cfg, data, teacher_dir, student_dir, ablation_dir, out_dir, device):
-    from piddm_fem.cli.evaluation import evaluate
+def _compare(cfg, data, teacher_dir, student_dir, ablation_dir, out_dir, device, quick):
+    """Every method of piddm_fem.baselines on the demo's teacher (`piddm compare`), with
+    Firedrake's residual beside the torch operator's."""
+    from piddm_fem.evaluation import compare, load_setup, make_budget
+    from piddm_fem.report import write_compare
 
-    results = evaluate(data, teacher_dir, {"PIDDM-1": student_dir, "lambda=0": ablation_dir}, out_dir,
-                       n_eval=cfg["n_eval"], heun_steps=cfg["heun_steps"], refine_steps=cfg["refine_steps"],
-                       lambda_infer=cfg["lambda_infer"], task_problems=cfg["task_problems"],
-                       restarts=cfg["restarts"], task_steps=cfg["task_steps"],
-                       task_lambda=cfg["task_lambda"], device=device)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    students = {"PIDDM": student_dir, "lambda=0": ablation_dir}
+    budget = make_budget(teacher_dir, quick, **{k: cfg[k] for k in DEMO_BUDGET})
+    setup = load_setup(data, teacher_dir, students, budget, device, out_dir)
+    write_compare(out_dir, compare(setup, None, [cfg["seed"]], fem=True))

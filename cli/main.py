@@ -1,5 +1,5 @@
 """`piddm`: solve | generate | validate | export-operator | teacher | distill | sample | infer |
-bench | demo.
+compare | bench | demo.
 
 Heavy imports (Firedrake, torch) happen inside the commands that need them. Every PiddmError is
 printed as one line and exits with code 2; Ctrl-C exits with 130 after the command has saved what
@@ -212,6 +212,7 @@ def export_operator(file: Path = typer.Argument(..., help="Dataset file to store
 
 
 from piddm_fem.cli import bench as _bench  # noqa: E402
+from piddm_fem.cli import compare as _compare  # noqa: E402
 from piddm_fem.cli import demo as _demo  # noqa: E402
 from piddm_fem.cli import student as _student  # noqa: E402
 from piddm_fem.cli import teacher as _teacher  # noqa: E402
@@ -220,6 +221,7 @@ app.add_typer(_teacher.app, name="teacher")
 app.command()(_student.distill)
 app.command()(_student.sample)
 app.command()(_student.infer)
+app.command(context_settings={"allow_extra_args": True})(_compare.compare)
 app.command()(_demo.demo)
 app.command()(_bench.bench)
 

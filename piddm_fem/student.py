@@ -117,12 +117,14 @@ class Distiller:
         self.student = Student(net, self.cfg.k_steps).train()
         self.poisson = DSTPoisson(self.operator.resolution).to(device)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")
-        self.step, self.best_val, self.history = 0, float("inf"), []
+        self.step, self.best_val, self.history, self.train_seconds = 0, float("inf"), [], 0.0
         if prev is not None:
             self.student.net.load_state_dict(prev["model"])
             self.opt.load_state_dict(prev["optimizer"])
             self.step, self.best_val = int(prev["step"]), float(prev["best_val"])
             self.history = list(prev.get("history", []))
+            self.train_seconds = float(prev.get("distill_seconds", 0.0))
+        self._run_start = time.perf_counter()  # distillation seconds, pairs excluded, are recorded
         bank_args = (self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt, self.cfg.pairs,
                      self.cfg.seed, self.cfg.teacher_steps)
         try:  # a bank of the same teacher, seed and size is reused (e.g. copied from another run)
@@ -181,7 +183,8 @@ class Distiller:
                             "version": t.get("version")},
                 "model": weights, "ema": weights, "optimizer": self.opt.state_dict(),
                 "step": self.step, "best_val": self.best_val, "history": self.history,
-                "pair_seconds": self.bank.generation_seconds}
+                "pair_seconds": self.bank.generation_seconds,
+                "distill_seconds": self.train_seconds + time.perf_counter() - self._run_start}
 
     def run(self, steps: int, progress: bool = True) -> dict:
         cfg = self.cfg
@@ -193,6 +196,7 @@ class Distiller:
         val_seconds = time.perf_counter() - t_val
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         t0, interrupted, stats, status = time.perf_counter(), False, {}, ""
+        self._run_start = t0
         start = self.step
         bank = (self.bank.eps.to(self.device), self.bank.x0.to(self.device))  # resident on the device
         try:

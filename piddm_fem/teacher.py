@@ -147,7 +147,9 @@ class TeacherTrainer:
     """State of one training run on one rank: network, EMA, optimizer, data and step."""
 
     def __init__(self, data_path, out_dir, settings: dict, device: torch.device,
-                 resume: bool = False, rank: int = 0, world: int = 1):
+                 resume: bool = False, rank: int = 0, world: int = 1, loss_fn=None):
+        """``loss_fn(net, x, generator)`` -> per-element loss replaces the EDM loss (e.g. PIDM's
+        residual term, piddm_fem/baselines/pidm.py); it is not stored in the checkpoint."""
         self.data_path, self.out_dir = Path(data_path), Path(out_dir)
         self.device, self.rank, self.world = device, rank, world
         last = self.out_dir / checkpoint.LAST
@@ -173,7 +175,7 @@ class TeacherTrainer:
                                    embedding=self.cfg.embedding)
 
         torch.manual_seed(self.cfg.seed)
-        self.loss_fn = EDMLoss()
+        self.loss_fn = loss_fn or EDMLoss()
         self.memory_format = memory_format(self.cfg.channels_last, device)
         self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
@@ -181,6 +183,7 @@ class TeacherTrainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                      fused=fused)
         self.step, self.best_val = 0, float("inf")
+        self.train_seconds, self._run_start = float((ckpt or {}).get("train_seconds", 0.0)), None
         if ckpt is not None:
             self.net.load_state_dict(ckpt["model"])
             self.ema.load_state_dict(ckpt["ema"])
@@ -216,6 +219,8 @@ class TeacherTrainer:
             "optimizer": self.opt.state_dict(),
             "step": self.step,
             "best_val": self.best_val,
+            "train_seconds": self.train_seconds + (0.0 if self._run_start is None
+                                                   else time.perf_counter() - self._run_start),
         }
 
     def save(self, name: str = checkpoint.LAST) -> Path:
@@ -289,6 +294,7 @@ class TeacherTrainer:
         """Train until ``self.step == steps``; Ctrl-C saves last.pt and returns."""
         lead = self.rank == 0
         start_step, t0 = self.step, time.perf_counter()
+        self._run_start = t0
         loss_avg, val, interrupted, status = None, None, False, ""
         batches = self.batches()
         try:
@@ -311,6 +317,8 @@ class TeacherTrainer:
             interrupted = True
             if lead:
                 self.save(checkpoint.LAST)
+        self.train_seconds += time.perf_counter() - t0
+        self._run_start = None
         return {"step": self.step, "loss": None if loss_avg is None else float(loss_avg), "val": val,
                 "best_val": self.best_val,
                 "seconds": time.perf_counter() - t0, "interrupted": interrupted,

@@ -1,0 +1,328 @@
+"""One harness for every method on the same teacher: sampling, the tasks, metrics per seed.
+
+A method (``piddm_fem.baselines``) follows the ``Method`` protocol: a ``name``, ``nfe`` network
+evaluations per sample, ``sample(n, seed)`` and ``solve_task(task, observed, mask, seed)``, both
+returning fields [N, C, S, S] in physical units (numpy float64). A method that cannot do
+something raises ``PiddmError`` naming itself and the task (``cannot``). ``compare`` builds the
+selected methods from one ``Setup`` (teacher, students, data, operator), runs every seed and
+returns one row per method: metrics as mean and std over the seeds.
+
+torch only: Firedrake's assembled residual is imported lazily and only with ``fem=True``.
+Everything about the problem comes from the dataset's metadata (``DatasetInfo.meta``: channel
+names, tasks, thresholds of binary channels, the finite-difference residual where one exists).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from piddm_fem import checkpoint, metrics, schema
+from piddm_fem.errors import PiddmError
+from piddm_fem.tasks import task_errors
+
+
+class Method(Protocol):
+    """What the harness needs of a method (see the module docstring)."""
+
+    name: str
+    nfe: int
+
+    def sample(self, n: int, seed: int) -> np.ndarray: ...
+
+    def solve_task(self, task: str, observed: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray: ...
+
+
+def cannot(method: str, task: str, can: tuple) -> PiddmError:
+    """The one-line error of a method asked for something it does not do."""
+    does = ", ".join(can) if can else "nothing"
+    return PiddmError(f"method {method} cannot do {task} (it does: {does}); drop it from --methods "
+                      "or choose a task it does")
+
+
+@dataclass
+class Budget:
+    """Every method's settings, fixed before any run (docs/baselines.md says how they were chosen);
+    one trial of each for every method."""
+
+    n_eval: int = 64            # unconditional samples per method and seed
+    task_problems: int = 8      # test problems per task and seed
+    heun_steps: int = 18        # N_s of the teacher (and of PIDM, ECI, the guided samplers' default)
+    guidance_steps: int = 200   # Heun steps of DiffusionPDE / DPS guidance (their default 2000)
+    zeta_obs: float = 5.0       # DiffusionPDE's observation weight
+    zeta_pde: float = 1.0       # weight of the relative residual of E[x0|xt] (docs/baselines.md)
+    pde_from: float = 0.8       # guidance adds the PDE term after this fraction of the steps
+    refine_steps: int = 40      # PIDDM-ref
+    lambda_infer: float = 1e-2
+    restarts: int = 4           # PIDDM task ensembles
+    task_steps: int = 100       # PIDDM-ref / lambda=0 task steps and direct optimisation steps
+    task_lambda: float = 1e-3   # residual weight of every optimisation method on the tasks
+    direct_lr: float = 0.05
+    pidm_steps: int = 200       # PIDM fine-tuning steps of the teacher
+    pidm_lambda: float = 1e-3   # PIDM's c_residual
+    fno_seconds: float = 60.0   # FNO training wall-clock (the teacher's, where known)
+    fno_modes: int = 8
+    fno_width: int = 24
+    batch: int = 64
+
+
+QUICK = Budget(n_eval=4, task_problems=2, heun_steps=3, guidance_steps=4, refine_steps=2, restarts=2,
+               task_steps=3, pidm_steps=2, fno_seconds=1.0, fno_modes=4, fno_width=8)
+
+
+@dataclass
+class Setup:
+    """What every method shares: the teacher network, the data, its operator and the budget."""
+
+    data: Path
+    info: schema.DatasetInfo
+    splits: dict
+    teacher_dir: Path
+    teacher: torch.nn.Module           # EMA denoiser in normalised space
+    teacher_ckpt: dict
+    normalizer: object
+    operator: torch.nn.Module          # ResidualOperator on ``device``
+    device: torch.device
+    budget: Budget
+    students: dict = field(default_factory=dict)   # {"PIDDM": dir, "lambda=0": dir}
+    out_dir: Path | None = None
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.info.channels)
+
+    @property
+    def shape(self) -> tuple:
+        S = self.info.resolution
+        return (len(self.info.channels), S, S)
+
+
+def fd_residual_of(info, x: torch.Tensor, operator=None) -> torch.Tensor | None:
+    """[B, 1, S, S] finite-difference residual of the strong form the problem declares (DiffusionPDE's
+    style, correct 1/h scaling; Dirichlet rows u - g when ``operator`` is given), or None where it
+    declares none."""
+    from piddm_fem.fd_residual import fd_residual
+
+    expression = info.meta["fd_residual"]
+    if expression is None:
+        return None
+    bc = {} if operator is None else {"bc_mask": operator.bc_mask, "bc_values": operator.bc_values}
+    return fd_residual(x, expression, info.channels, info.params, info.channels.index(info.meta["unknown"]), **bc)
+
+
+def fd_rms(info, fields) -> np.ndarray | None:
+    """[N] RMS of the FD residual over interior nodes (the papers' PDE error, absolute), or None."""
+    r = fd_residual_of(info, torch.as_tensor(np.asarray(fields), dtype=torch.float64))
+    return None if r is None else r[:, 0, 1:-1, 1:-1].flatten(1).square().mean(1).sqrt().numpy()
+
+
+@functools.lru_cache(maxsize=4)
+def _discrete(problem: str, params: tuple, resolution: int):
+    """Firedrake's discrete problem, built (and its forms compiled) once per process."""
+    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers.discrete import DiscreteProblem
+
+    return DiscreteProblem(get_problem(problem, **dict(params)), resolution)
+
+
+def fem_relative(info, fields) -> np.ndarray:
+    """Firedrake's relative residual of every sample (the `piddm validate` number)."""
+    disc = _discrete(info.problem, tuple(sorted(info.params.items())), info.resolution)
+    return np.array([disc.relative_residual(f) for f in fields])
+
+
+def field_metrics(info, operator, fields, reference=None, fem: bool = False) -> dict:
+    """Residuals (weak form torch, FD, optional FEM), MMSE/SMSE per channel against ``reference``
+    and the fraction above threshold of every binary channel."""
+    channels = list(info.channels)
+    row = {"residual": metrics.summarize(metrics.residual(operator, fields))}
+    fd = fd_rms(info, fields)
+    if fd is not None:
+        row["residual_fd"] = metrics.summarize(fd)
+    if fem:
+        row["residual_fem"] = metrics.summarize(fem_relative(info, fields))
+    if reference is not None:
+        mmse, smse = metrics.mmse_smse(fields, reference)
+        row["mmse"] = dict(zip(channels, mmse.tolist()))
+        row["smse"] = dict(zip(channels, smse.tolist()))
+    for name, threshold in info.meta["thresholds"].items():
+        row[f"fraction_{name}_above"] = float((np.asarray(fields)[:, channels.index(name)] > threshold).mean())
+    return row
+
+
+def task_mask(setup: Setup, task: str, truth, seed: int) -> np.ndarray:
+    """The observation mask of a task (``tasks.observation_mask``) for ``truth`` [N, C, S, S]."""
+    from piddm_fem.tasks import observation_mask
+
+    return observation_mask(task, truth.shape, setup.channels, setup.info.meta, seed=seed).numpy()
+
+
+def load_setup(data, teacher_dir, students: dict | None = None, budget: Budget | None = None,
+               device: str = "auto", out_dir=None, min_test: int = 2) -> Setup:
+    """Teacher, data splits, operator and students, checked to belong together; the test split
+    must hold ``min_test`` samples."""
+    from piddm_fem.data import Normalizer
+    from piddm_fem.residual import ResidualOperator
+    from piddm_fem.teacher import dataset_splits, load_teacher, resolve_device
+
+    dev = resolve_device(device)
+    teacher, ckpt = load_teacher(teacher_dir, dev)
+    info, splits = dataset_splits(ckpt, data)
+    for name, d in (students or {}).items():
+        _check_student(ckpt, teacher_dir, checkpoint.load(d, kind="student"), d)
+    operator = ResidualOperator.from_file(data).to(dev)
+    if splits["test"].size < min_test:
+        raise PiddmError(f"{data}: the test split holds {splits['test'].size} samples; generate at least "
+                         "20 samples so that the comparison has held-out data")
+    return Setup(Path(data), info, splits, Path(teacher_dir), teacher, ckpt,
+                 Normalizer.from_dict(ckpt["normalization"]), operator, dev, budget or Budget(),
+                 dict(students or {}), None if out_dir is None else Path(out_dir))
+
+
+def _check_student(teacher_ckpt: dict, teacher_dir, student_ckpt: dict, student_dir) -> None:
+    """A student must come from a teacher of the same dataset (problem, grid, channels,
+    parameters and training-split normalisation)."""
+    keys = ("problem", "resolution", "channels", "params", "normalization")
+    have = {k: student_ckpt.get(k) for k in keys}
+    want = {k: teacher_ckpt.get(k) for k in keys}
+    if have != want:
+        differ = ", ".join(k for k in keys if have[k] != want[k])
+        raise PiddmError(f"student {student_dir} comes from a teacher of another dataset than {teacher_dir} "
+                         f"({differ} differ); pass the teacher the student was distilled from")
+
+
+def _timed(device, fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = False) -> dict:
+    """Every method on one seed: {method: {"sample": metrics, "tasks": {task: errors}}} plus the
+    fields used for the figures under "_fields"."""
+    b = setup.budget
+    _, reference, _ = schema.read(setup.data, setup.splits["test"])
+    idx = setup.splits["test"][:b.task_problems]
+    _, truth, _ = schema.read(setup.data, idx)
+    masks = {task: task_mask(setup, task, truth, seed) for task in tasks}
+    rows, shown = {}, {"truth": truth, "masks": masks}
+    for m in methods:
+        row = {"nfe": m.nfe}
+        if "sample" in m.can:
+            fields, seconds = _timed(setup.device, m.sample, b.n_eval, seed)
+            row["sample"] = {**field_metrics(setup.info, setup.operator, fields, reference, fem),
+                             "seconds_per_sample": seconds / b.n_eval}
+            shown.setdefault("samples", {})[m.name] = fields[0]
+        row["tasks"] = {}
+        for task in tasks:
+            if task not in m.can:
+                continue
+            observed = np.where(masks[task] > 0, truth, 0.0)
+            est, seconds = _timed(setup.device, m.solve_task, task, observed, masks[task], seed)
+            errs = task_errors(task, est, truth, setup.operator, setup.channels, setup.info.meta)
+            row["tasks"][task] = {**{k: float(np.mean(v)) for k, v in errs.items()},
+                                  "seconds_per_problem": seconds / len(idx)}
+            shown.setdefault("tasks", {}).setdefault(task, {})[m.name] = est[0]
+        rows[m.name] = row
+    return {"rows": rows, "_fields": shown}
+
+
+def _mean_std(values) -> dict:
+    v = np.asarray(values, float)
+    return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+
+
+def _aggregate(per_seed: list[dict]):
+    """Leaves that are numbers across seeds -> {mean, std, n}; structure kept."""
+    first = per_seed[0]
+    if isinstance(first, dict):
+        if set(first) >= {"median", "mean", "std", "min", "max", "n"}:  # a per-sample summary
+            return _mean_std([s["mean"] for s in per_seed])
+        return {k: _aggregate([s[k] for s in per_seed]) for k in first if all(k in s for s in per_seed)}
+    return _mean_std(per_seed)
+
+
+def reference_row(setup: Setup, fem: bool = False) -> dict:
+    _, reference, _ = schema.read(setup.data, setup.splits["test"])
+    return field_metrics(setup.info, setup.operator, reference, None, fem)
+
+
+def compare(setup: Setup, names: list[str] | None, seeds: list[int], tasks=None, fem: bool = False,
+            figures: bool = True) -> dict:
+    """Run the methods ``names`` (None: every registered method that the runs and the problem
+    allow) on every seed, on ``tasks`` (None: every task of the problem's metadata); returns the
+    compare.json document."""
+    from piddm_fem import baselines
+
+    if not seeds:
+        raise PiddmError("give at least one seed, e.g. --seeds 0 1 2")
+    known = list(setup.info.meta["tasks"])
+    tasks = known if tasks is None else list(tasks)
+    bad = [t for t in tasks if t not in known]
+    if bad:
+        raise PiddmError(f"unknown task {bad[0]!r}; {setup.info.problem} has {', '.join(known)}")
+    methods = baselines.build(names or default_methods(setup.students), setup, tasks, strict=names is not None)
+    runs = [_seed_rows(setup, methods, seed, tasks, fem) for seed in seeds]
+    rows = []
+    for m in methods:
+        per_seed = [r["rows"][m.name] for r in runs]
+        row = {"method": m.name, "nfe": m.nfe, "can": list(m.can), "posterior_mean": m.posterior_mean,
+               "settings": m.settings,
+               **{k: _aggregate([p[k] for p in per_seed]) for k in ("sample", "tasks") if k in per_seed[0]}}
+        row["costs"] = m.costs
+        rows.append(row)
+    doc = {"problem": setup.info.problem, "resolution": setup.info.resolution, "channels": setup.channels,
+           "display_name": (getattr(setup.info, "meta", None) or {}).get("display_name", setup.info.problem),
+           "data": str(setup.data), "teacher": str(setup.teacher_dir), "seeds": list(seeds),
+           "tasks": list(tasks), "n_test": int(setup.splits["test"].size), "budget": asdict(setup.budget),
+           "device": str(setup.device), "reference": reference_row(setup, fem), "methods": rows}
+    shown = next((r["_fields"] for r in runs if "_fields" in r), None)
+    if figures and setup.out_dir is not None and shown is not None:
+        from piddm_fem.report import compare_figures
+
+        doc["figures"] = compare_figures(setup.out_dir, setup, shown)
+    return doc
+
+
+def _seed_rows(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool) -> dict:
+    """``run_seed``, kept in OUT/rows_seed<k>.json (atomically) so that an interrupted comparison
+    resumes at the first unfinished seed; reused only for the same methods, tasks and budget."""
+    key = {"methods": [m.name for m in methods], "tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget)}
+    path = None if setup.out_dir is None else setup.out_dir / f"rows_seed{seed}.json"
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            return {"rows": saved["rows"]}
+    run = run_seed(setup, methods, seed, tasks, fem)
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "rows": run["rows"]}))
+        tmp.replace(path)
+    return run
+
+
+def make_budget(teacher_dir, quick: bool = False, **overrides) -> Budget:
+    """The default (or ``quick``) budget with ``overrides`` (None leaves a field alone); the FNO
+    gets the teacher's recorded training seconds unless told otherwise."""
+    budget = QUICK if quick else Budget()
+    seconds = checkpoint.load(teacher_dir, kind="teacher").get("train_seconds")
+    if not quick and seconds:
+        budget = replace(budget, fno_seconds=float(seconds))
+    return replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default_methods(students: dict) -> list[str]:
+    """Every registered method that the given runs allow (the student rows need their student)."""
+    from piddm_fem.baselines import METHODS
+
+    needs = {"PIDDM-1": "PIDDM", "PIDDM-ref": "PIDDM", "lambda=0": "lambda=0"}
+    return [n for n in METHODS if n not in needs or needs[n] in students]

@@ -1,0 +1,291 @@
+"""Every baseline of piddm_fem.baselines on a case with a known answer, the FD residual, and
+`piddm compare` (smoke run, bad input)."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """Exact E[x0 | x0 + sigma n] for x0 ~ N(mu, s^2) per entry: (s^2 x + sigma^2 mu) / (s^2 + sigma^2)."""
+
+    def __init__(self, mu=0.0, s=1.0):
+        super().__init__()
+        self.mu, self.s2 = mu, s * s
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        return (self.s2 * x + sigma**2 * self.mu) / (self.s2 + sigma**2)
+
+
+def _noise(n, shape=(2, 8, 8)):
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_guidance_moves_the_analytic_posterior_toward_the_observation():
+    from piddm_fem.baselines.guidance import guided_heun
+
+    net, eps = GaussianDenoiser(), _noise(64)
+    mask = torch.zeros_like(eps[:1])
+    mask[:, 0, 2:6, 2:6] = 1.0
+    target = torch.full_like(eps[:1], 2.0)
+
+    def obs(d):
+        return ((d - target) * mask).flatten(1).norm(dim=1)
+
+    free = guided_heun(net, eps, 30)
+    guided = guided_heun(net, eps, 30, obs_loss=obs, zeta_obs=0.5)
+    observed, other = mask.expand_as(eps) > 0, mask.expand_as(eps) == 0
+    # unguided: the prior mean 0; guided: the observed entries well on the way to 2, the others untouched
+    assert abs(float(free[observed].mean())) < 0.3
+    assert abs(float(guided[observed].mean()) - 2.0) < 0.4 * abs(float(free[observed].mean()) - 2.0)
+    assert torch.allclose(guided[other], free[other], atol=1e-12)
+
+
+def test_pde_guidance_alone_lowers_the_loss_it_guides_on():
+    from piddm_fem.baselines.guidance import guided_heun
+
+    net, eps = GaussianDenoiser(), _noise(32)
+
+    def pde(d):  # a "residual" that wants channel 1 equal to channel 0
+        return (d[:, 1] - d[:, 0]).flatten(1).norm(dim=1)
+
+    free = guided_heun(net, eps, 20)
+    guided = guided_heun(net, eps, 20, pde_loss=pde, zeta_pde=0.5, pde_from=0.0)
+    assert float(pde(guided).mean()) < 0.5 * float(pde(free).mean())
+
+
+def test_eci_reproduces_the_observed_entries_exactly():
+    from piddm_fem.baselines.eci import eci_sample
+
+    net, eps = GaussianDenoiser(mu=0.5), _noise(8)
+    mask = (torch.rand(eps.shape, generator=torch.Generator().manual_seed(1)) < 0.2).double()
+    target = torch.randn(eps.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = eci_sample(net, eps, 10, target, mask)
+    assert torch.equal(x[mask > 0], target[mask > 0])
+    assert (x[mask == 0] - target[mask == 0]).abs().mean() > 0.3
+
+
+def test_fd_residual_of_a_smooth_poisson_solution_is_second_order():
+    from piddm_fem.evaluation import fd_rms
+
+    from piddm_fem import schema
+
+    meta = {**schema.default_meta("poisson", ["f", "u"]), "fd_residual": "-lap(u) - f"}  # Poisson's declaration
+    info = SimpleNamespace(problem="poisson", params={}, channels=["f", "u"], meta=meta)
+    errors = []
+    for S in (17, 33):
+        y, x = np.meshgrid(np.linspace(0, 1, S), np.linspace(0, 1, S), indexing="ij")
+        u = np.sin(np.pi * x) * np.sin(np.pi * y)
+        errors.append(fd_rms(info, np.stack([2 * np.pi**2 * u, u])[None])[0])
+    assert errors[1] < errors[0] / 3.5 and errors[0] < 0.5  # O(h^2): 4x smaller at half h
+    undeclared = SimpleNamespace(problem="toy", params={}, channels=["f", "u"], meta={**meta, "fd_residual": None})
+    assert fd_rms(undeclared, np.zeros((1, 2, 5, 5))) is None
+
+
+@pytest.mark.firedrake
+def test_direct_optimisation_lowers_misfit_plus_residual_on_a_real_operator(darcy_file):
+    from piddm_fem import schema
+    from piddm_fem.baselines.direct import optimize_fields
+    from piddm_fem.data import compute_normalizer
+    from piddm_fem.residual import ResidualOperator
+
+    op = ResidualOperator.from_file(darcy_file)
+    _, truth, _ = schema.read(darcy_file, [0, 1])
+    norm = compute_normalizer(darcy_file, np.arange(6))
+    target = norm.normalize(torch.from_numpy(truth))
+    mask = torch.zeros_like(target)
+    mask[:, 0] = 1.0  # the forward task: a observed
+
+    def objective(z):
+        misfit = ((z - target) * mask).square().flatten(1).sum(1) / mask.flatten(1).sum(1)
+        return misfit + 1e-3 * op.loss(norm.denormalize(z))
+
+    start = torch.zeros_like(target)
+    z = optimize_fields(start, norm, op, target, mask, steps=60, lam=1e-3)
+    assert torch.all(objective(z) < 0.2 * objective(start))
+    assert torch.equal(start, torch.zeros_like(target))  # the caller's tensor is left alone
+
+
+def test_fno_fits_a_linear_map():
+    from piddm_fem.baselines.fno import FNO2d, train_fno
+
+    torch.manual_seed(0)
+    k = torch.arange(16, dtype=torch.float32)
+    x = sum(torch.randn(64, 1, 1, 1) * torch.sin(np.pi * f * k / 15)[None, None, :, None]
+            * torch.cos(np.pi * g * k / 15)[None, None, None, :] for f, g in ((1, 1), (2, 1), (1, 3)))
+    y = 2 * x + 1
+    model = FNO2d(1, 1, modes=4, width=16)
+    train_fno(model, x, y, seconds=float("inf"), lr=3e-3, max_steps=300)
+    with torch.no_grad():
+        rel = ((model(x) - y).norm() / y.norm()).item()
+    assert rel < 0.1
+
+
+@pytest.mark.firedrake
+def test_pidm_finetuning_lowers_the_residual_of_the_posterior_mean(darcy_file, tiny_teacher, tmp_path):
+    from piddm_fem.baselines.pidm import PIDMLoss, finetune
+    from piddm_fem.evaluation import Budget, load_setup
+    from piddm_fem.data import FieldDataset
+    from piddm_fem.teacher import load_teacher
+
+    setup = load_setup(darcy_file, tiny_teacher, budget=Budget(), device="cpu", min_test=0)
+    x = torch.stack([FieldDataset(darcy_file, np.arange(6), setup.normalizer)[k] for k in range(6)])
+    loss = PIDMLoss(setup.operator, setup.normalizer, 1.0)
+
+    def physics(net):
+        outputs = []
+        loss.edm(lambda z, s: outputs.append(net(z, s)) or outputs[-1], x, torch.Generator().manual_seed(3))
+        return float(setup.operator.loss(setup.normalizer.denormalize(outputs[0].double())).mean())
+
+    before = physics(setup.teacher)
+    finetune(setup, tmp_path / "pidm", steps=30, lam=10.0, lr=1e-3, ema_decay=0.0)
+    after = physics(load_teacher(tmp_path / "pidm" / "last.pt")[0])
+    assert after < 0.5 * before
+
+
+@pytest.fixture(scope="module")
+def darcy20(tmp_path_factory):
+    """20 Darcy samples at S = 17 (a test split of 2), a tiny teacher and both students."""
+    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers.generate import generate
+    from piddm_fem.student import distill, share_pair_bank
+    from piddm_fem.teacher import train_teacher
+
+    root = tmp_path_factory.mktemp("darcy20")
+    data = root / "data.h5"
+    generate(get_problem("darcy"), 20, 17, 5, data, show_progress=False)
+    train_teacher(data, root / "teacher", steps=4, batch=4, size="tiny", device="cpu", progress=False,
+                  val_every=2, val_samples=2, warmup=1)
+    for name, lam in (("student", 1e-3), ("ablation", 0.0)):
+        share_pair_bank(root / "student", root / name)
+        distill(root / "teacher", data, root / name, steps=3, device="cpu", progress=False, lambda_train=lam,
+                pairs=8, teacher_steps=2, batch=4, val_pairs=4, val_every=3, refresh=0)
+    return root
+
+
+@pytest.mark.firedrake
+def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path):
+    from piddm_fem.baselines import METHODS
+
+    out = tmp_path / "cmp"
+    code, stdout, err = cli("compare", darcy20 / "data.h5", "--teacher", darcy20 / "teacher", "--student",
+                            darcy20 / "student", "--ablation", darcy20 / "ablation", "--seeds", 0, 1,
+                            "--out", out, "--quick", "--device", "cpu")
+    assert code == 0, err
+    doc = json.loads((out / "compare.json").read_text())
+    rows = {m["method"]: m for m in doc["methods"]}
+    assert set(rows) == set(METHODS)
+    assert rows["teacher"]["sample"]["residual"]["n"] == 2  # mean and std over the two seeds
+    assert set(rows["fno"]["tasks"]) == {"forward"} and "sample" not in rows["fno"]
+    assert set(rows["eci"]["tasks"]) == {"forward", "inverse", "reconstruct"}
+    inverse = rows["PIDDM-ref"]["tasks"]["inverse"]
+    assert {"rel_l2_a", "rel_l2_u", "error_rate_a", "residual"} <= set(inverse)
+    assert rows["PIDDM-1"]["costs"]["pair_seconds"] > 0 and rows["PIDDM-1"]["costs"]["distill_seconds"] > 0
+    assert rows["PIDDM-1"]["nfe"] == 1 and rows["teacher"]["nfe"] == 5
+    md = (out / "compare.md").read_text()
+    assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md
+    for png in ("samples.png", "tasks_forward.png", "tasks_inverse.png", "tasks_reconstruct.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+@pytest.mark.firedrake
+def test_compare_bad_input_is_one_line(cli, darcy20, tiny_student, tmp_path):
+    base = ("compare", darcy20 / "data.h5", "--teacher", darcy20 / "teacher", "--out", tmp_path / "o",
+            "--quick", "--device", "cpu", "--seeds", 0)
+    assert_one_line_error(*cli(*base, "--methods", "teacher,diffusion")[::2], "unknown method 'diffusion'")
+    assert_one_line_error(*cli(*base, "--methods", "fno", "--tasks", "inverse")[::2],
+                          "method fno cannot do inverse", "forward")
+    assert_one_line_error(*cli(*base, "--methods", "PIDDM-1")[::2], "needs a student", "--student")
+    # tiny_student was distilled from a teacher of another Darcy dataset
+    assert_one_line_error(*cli(*base, "--student", tiny_student)[::2], "another dataset", "normalization")
+    assert_one_line_error(*cli(*base, "--tasks", "forwards")[::2], "unknown task 'forwards'")
+    assert_one_line_error(*cli(*base, "stray")[::2], "unexpected argument 'stray'")
+
+
+def test_a_method_refuses_a_task_it_cannot_do_by_name():
+    from piddm_fem.baselines.sampling import Teacher
+    from piddm_fem.errors import PiddmError
+
+    setup = SimpleNamespace(teacher=None, budget=SimpleNamespace(heun_steps=3))
+    with pytest.raises(PiddmError, match="method teacher cannot do inverse"):
+        Teacher("teacher", setup).solve_task("inverse", None, None, 0)
+
+
+def test_report_is_keyed_by_the_dataset_channels():
+    from piddm_fem.report import compare_markdown
+
+    leaf = {"mean": 0.5, "std": 0.1, "n": 3}
+    doc = {"display_name": "poisson", "resolution": 17, "channels": ["f", "u"], "seeds": [0, 1, 2],
+           "budget": {"n_eval": 4, "task_problems": 2}, "n_test": 4, "device": "cpu", "tasks": ["forward"],
+           "reference": {"residual": {"mean": 1e-14}},
+           "methods": [{"method": "teacher", "nfe": 5, "settings": {}, "costs": {},
+                        "sample": {"residual": leaf, "mmse": {"f": leaf, "u": leaf}, "smse": {"f": leaf, "u": leaf},
+                                   "seconds_per_sample": leaf}},
+                       {"method": "fno", "nfe": 1, "settings": {}, "costs": {},
+                        "tasks": {"forward": {"rel_l2_u": leaf, "residual": leaf, "seconds_per_problem": leaf}}}]}
+    md = compare_markdown(doc)
+    assert "| MMSE f | MMSE u | SMSE f | SMSE u |" in md and "0.5 ± 0.1" in md
+    assert "| method | rel l2 u | residual | s/problem |" in md
+    assert "a > thr" not in md and "Darcy" not in md
+
+
+@pytest.mark.firedrake
+def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
+    """benchmarks/piddm_pipeline.py (what benchmarks/gpu_compare.sh runs): a teacher on a time
+    budget whose probe start-up is not counted, both students, compare.json."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "piddm_pipeline.py"
+    spec = importlib.util.spec_from_file_location("piddm_pipeline", path)
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    out = tmp_path / "run"
+    doc = pipeline.main(["--data", str(darcy20 / "data.h5"), "--out", str(out), "--train-teacher-seconds", "3",
+                         "--probe-steps", "2", "--batch", "4", "--distill-steps", "2", "--pairs", "4",
+                         "--distill-batch", "4", "--quick", "--seeds", "0", "--methods", "teacher,PIDDM-1,eci,fno",
+                         "--device", "cpu"])
+    teacher = doc["pipeline"]["costs"]["teacher"]
+    # the budget is training time after the probe's warm-up, not wall time with start-up
+    assert 0.9 * 3 <= teacher["trained_seconds"] <= 2 * 3 and teacher["step"] > 4
+    saved = json.loads((out / "compare.json").read_text())
+    assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "eci", "fno"]
+
+
+def test_claims_report_a_failure_with_the_numbers():
+    from piddm_fem.report import claims
+
+    def row(name, residual, nfe, mean_flag, mmse, steps=None):
+        leaf = {"mean": mmse, "std": 0.0, "n": 3}
+        return {"method": name, "nfe": nfe, "posterior_mean": mean_flag, "settings": {"steps": steps} if steps else {},
+                "sample": {"residual": {"mean": residual}, "mmse": {"u": leaf}, "smse": {"u": leaf},
+                           "seconds_per_sample": {"mean": 1e-3 * nfe}}}
+
+    doc = {"channels": ["u"], "methods": [row("PIDDM-1", 0.5, 1, False, 2.0), row("dps-weak", 0.2, 199, True, 1.0, 100),
+                                          row("teacher", 0.6, 35, False, 1.0)]}
+    text = "\n".join(claims(doc))
+    assert "residual below every posterior-mean method's: FAILS (0.5 vs 0.2, dps-weak)" in text
+    assert "fewer NFE than guided sampling: holds (199x" in text
+    assert "MMSE u no worse than 1.5x the best baseline's: FAILS (2 vs 1" in text
+
+
+@pytest.mark.firedrake
+def test_compare_resumes_finished_seeds(darcy20, tmp_path):
+    from piddm_fem.evaluation import QUICK, compare, load_setup
+
+    setup = load_setup(darcy20 / "data.h5", darcy20 / "teacher", budget=QUICK, device="cpu", out_dir=tmp_path)
+    first = compare(setup, ["teacher", "eci"], [0, 1], figures=False)
+    saved = json.loads((tmp_path / "rows_seed1.json").read_text())
+    saved["rows"]["eci"]["tasks"]["forward"]["rel_l2_u"] = 123.0  # a finished seed is read back, not rerun
+    (tmp_path / "rows_seed1.json").write_text(json.dumps(saved))
+    again = compare(setup, ["teacher", "eci"], [0, 1], figures=False)
+    assert again["methods"][0]["sample"] == first["methods"][0]["sample"]
+    assert again["methods"][1]["tasks"]["forward"]["rel_l2_u"]["mean"] > 60
+    other = compare(setup, ["eci"], [1], figures=False)  # other methods: computed afresh
+    assert other["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
