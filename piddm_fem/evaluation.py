@@ -183,7 +183,16 @@ def load_setup(data, teacher_dir, students: dict | None = None, budget: Budget |
                          "20 samples so that the comparison has held-out data")
     return Setup(Path(data), info, splits, Path(teacher_dir), teacher, ckpt,
                  Normalizer.from_dict(ckpt["normalization"]), operator, dev, budget or Budget(),
-                 dict(students or {}), None if out_dir is None else Path(out_dir))
+                 dict(students or {}), None if out_dir is None else _created(out_dir))
+
+
+def _created(out_dir) -> Path:
+    """``out_dir``, checked writable and created, for the per-seed rows and the figures."""
+    from piddm_fem import checks
+
+    path = checks.output_dir(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _check_student(teacher_ckpt: dict, teacher_dir, student_ckpt: dict, student_dir) -> None:

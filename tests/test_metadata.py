@@ -132,3 +132,65 @@ def test_files_without_metadata_are_read_with_defaults(tmp_path):
         f.attrs["boundary"] = json.dumps(["dirichlet", "sticky"])
     with pytest.raises(PiddmError, match="is not two of dirichlet, periodic, open"):
         schema.read_info(path)
+
+
+TOY = '''
+"""A toy PDE kept outside the package: -Laplacian w + k w = 1, k in {1, 5}."""
+import firedrake as fd
+import numpy as np
+
+from piddm_fem.solvers.problem import Problem
+
+
+class Toy(Problem):
+    name = "toy_screened"
+    display_name = "toy screened diffusion"
+    channels = ("k", "w")
+    unknown = "w"
+    fd_residual = "-lap(w) + k * w - 1"
+
+    def form(self, fields, v):
+        k, w = fields["k"], fields["w"]
+        return (fd.inner(fd.grad(w), fd.grad(v)) + k * w * v - v) * fd.dx
+
+    def thresholds(self):
+        return {"k": 3.0}
+
+    def sample_coefficients(self, S, rng):
+        return {"k": np.where(rng.random((S, S)) < 0.5, 1.0, 5.0)}
+
+
+PROBLEM_CLASS = Toy
+'''
+
+
+def test_a_toy_problem_in_a_temporary_module_runs_the_whole_pipeline(tmp_path, monkeypatch):
+    """Adding a PDE touches no other file: a module with the problem, its name registered, and
+    generate -> teacher -> distil -> sample -> compare report run on it."""
+    from piddm_fem import solvers
+    from piddm_fem.evaluation import compare, load_setup, make_budget
+    from piddm_fem.report import write_compare
+    from piddm_fem.solvers.generate import generate
+    from piddm_fem.student import distill, sample_student
+    from piddm_fem.teacher import train_teacher
+
+    (tmp_path / "toy_pde.py").write_text(TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(solvers, "_REGISTRY", dict(solvers._REGISTRY))  # registration undone afterwards
+    solvers.register_problem("toy_screened", "toy_pde")
+    data, teacher, student = tmp_path / "toy.h5", tmp_path / "teacher", tmp_path / "student"
+    generate(get_problem("toy_screened"), 30, 9, 0, data, show_progress=False)
+    assert schema.read_info(data).meta["thresholds"] == {"k": 3.0}
+    train_teacher(data, teacher, steps=2, batch=4, size="tiny", device="cpu", progress=False, val_every=2, warmup=1)
+    distill(teacher, data, student, steps=2, device="cpu", progress=False, pairs=4, teacher_steps=2, batch=2,
+            val_pairs=2, val_every=1)
+    assert sample_student(student, 3, 0)["fields"].shape == (3, 2, 9, 9)
+    setup = load_setup(data, teacher, {"PIDDM": student}, make_budget(teacher, quick=True), "cpu", tmp_path / "cmp")
+    doc = compare(setup, ["teacher", "PIDDM-1", "fno"], [0])
+    md = write_compare(tmp_path / "cmp", doc)["md"].read_text()
+    assert "toy screened diffusion S = 9" in md and "SMSE k" in md and "SMSE w" in md
+    forward = next(m for m in doc["methods"] if m["method"] == "PIDDM-1")["tasks"]["forward"]
+    assert set(forward) == {"rel_l2_w", "residual", "seconds_per_problem"}
+    inverse = next(m for m in doc["methods"] if m["method"] == "PIDDM-1")["tasks"]["inverse"]
+    assert {"rel_l2_k", "error_rate_k"} <= set(inverse)
+    assert "fraction_k_above" in doc["methods"][0]["sample"]
