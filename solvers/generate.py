@@ -129,6 +129,15 @@ ROUND_PER_RANK = 8  # samples per rank and round: rank 0 writes (and flushes) on
 _RESULTS, _PLAN = 71, 72  # message tags: a follower's round; the leader's word after a round
 
 
+def _recv(comm, source: int, tag: int):
+    """``comm.recv`` that sleeps while it waits instead of spinning in MPI's progress loop: on a
+    machine shared with other jobs (or more ranks than cores) a spinning rank takes the CPU from
+    the ranks that are solving. Costs at most a millisecond per round."""
+    while not comm.iprobe(source=source, tag=tag):
+        time.sleep(0.001)
+    return comm.recv(source=source, tag=tag)
+
+
 def _solve(disc, seed: int, indices, done: list) -> float:
     """Solve ``indices`` in order, appending (index, fields or None, info) to ``done``, until an
     interrupt is requested; returns the seconds spent. A solve cut short by a second Ctrl-C is
@@ -169,7 +178,7 @@ def _lead(comm, f, disc, seed: int, rounds, report) -> bool:
             flags = [interrupt.requested()]
             solve_rate[:2] = solve_rate[0] + seconds, solve_rate[1] + len(done)
             for r in range(1, size):
-                results, flag, seconds = comm.recv(source=r, tag=_RESULTS)
+                results, flag, seconds = _recv(comm, r, _RESULTS)
                 done += results
                 flags.append(flag)
                 solve_rate[2:] = solve_rate[2] + seconds, solve_rate[3] + len(results)
@@ -197,7 +206,7 @@ def _follow(comm, disc, seed: int, rounds) -> bool:
     sends, stopped, lead = [], False, 1.0 / comm.size
     for t, chunk in enumerate(rounds):
         if t >= 2:
-            stopped, lead = comm.recv(source=0, tag=_PLAN)
+            stopped, lead = _recv(comm, 0, _PLAN)
             if stopped:
                 break
         done = []
