@@ -1,10 +1,14 @@
 """Dataset generation: seeded coefficient draws, Firedrake solves, resumable atomic HDF5 files.
 
-Sample i depends only on (seed, i). Under ``mpiexec -n K`` the pending samples are dealt out to
-the ranks in rounds; each rank solves on its own serial mesh and rank 0 writes, so the file is
-identical to a K = 1 run. The file stays ``<out>.partial`` until every sample is done (solved or
-failed with its reason) and rank 0 holds ``<out>.lock`` meanwhile. Ctrl-C (or SIGTERM) lets the
-solves in flight finish, keeps every finished sample for ``--resume`` and never stores a sample
+Sample i depends only on (seed, i). The pending samples go in rounds of ``ROUND_PER_RANK`` per
+rank; rank 0 writes each round with one write per dataset. Under ``mpiexec -n K`` each rank solves
+its share of a round on its own serial mesh and sends it to rank 0 without waiting: the other ranks
+run up to one round ahead, so rank 0's writes overlap their solves, and rank 0 (which also solves)
+takes a smaller share, sized from the measured solve and write times. Who solves a sample does not
+change it, so the file is identical to a K = 1 run. The file stays ``<out>.partial`` until every
+sample is done (solved or failed with its reason) and rank 0 holds ``<out>.lock`` meanwhile.
+Ctrl-C (or SIGTERM) lets the solves in flight finish and starts no new one; every finished sample
+is written for ``--resume`` (also the finished part of a round cut short), and no sample is stored
 as failed because of the interrupt. A round's fields are flushed before its statuses, and
 ``--resume`` re-checks the samples of the last round before trusting them.
 """
