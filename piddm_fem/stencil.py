@@ -86,6 +86,7 @@ class StencilResidual:
         """E_beta [B, L] (None where a row is empty): the cell contributions in the test Haar basis,
         zero in the padding column."""
         y = {c: self.haar(x[:, c], comps) for c, comps in self.components.items()}
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
         out = []
         for row in self.rows:
             acc, pairs = None, {}
@@ -95,12 +96,11 @@ class StencilResidual:
                     if mono[:2] not in pairs:
                         pairs[mono[:2]] = f[0] * f[1]
                     f = [pairs[mono[:2]], f[2]]
-                if acc is None:
-                    acc = f[0] * coef if len(f) == 1 else torch.mul(f[0], f[1]).mul_(coef)
-                elif len(f) == 1:
-                    acc.add_(f[0], alpha=coef)
-                else:
-                    acc.addcmul_(f[0], f[1], value=coef)
+                if len(f) == 1:
+                    acc = f[0] * coef if acc is None else acc.add_(f[0], alpha=coef)
+                else:  # the first product allocates (one pass), the others accumulate in place
+                    acc = (torch.addcmul(zero, f[0], f[1], value=coef) if acc is None
+                           else acc.addcmul_(f[0], f[1], value=coef))
             if acc is not None:
                 acc[:, self.S - 1::self.S] = 0.0
             out.append(acc)
@@ -116,22 +116,25 @@ class StencilResidual:
             low, high = _minus_plus(E[2 * by], E[2 * by + 1])
             along_x.append(_shift_add(low, high, 1))
         low, high = _minus_plus(*along_x)
-        if low is None:
+        if high is None:
             return torch.zeros(x.shape[0], self.S * self.S, dtype=x.dtype, device=x.device)
         return _shift_add(low, high, self.S)
 
 
 def _minus_plus(s, d):
-    """(s - d, s + d), where None stands for zero (both None: (None, None))."""
+    """(s - d, s + d), where None stands for zero; (None, d) for s None (see ``_shift_add``)."""
     if d is None:
         return s, s
     if s is None:
-        return -d, d
+        return None, d
     return s - d, s + d
 
 
 def _shift_add(low, high, shift: int):
-    """[B, n + shift] for [B, n] inputs: ``low`` added at offset 0, ``high`` at ``shift``."""
-    if low is None:
+    """[B, n + shift] for [B, n] inputs: ``low`` added at offset 0, ``high`` at ``shift``; ``low``
+    None stands for -high (``_minus_plus`` of a missing sum)."""
+    if high is None:
         return None
+    if low is None:
+        return torch.cat([-high[:, :shift], high[:, :-shift] - high[:, shift:], high[:, -shift:]], 1)
     return torch.cat([low[:, :shift], low[:, shift:] + high[:, :-shift], high[:, -shift:]], 1)
