@@ -27,7 +27,10 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.stencil import StencilResidual, canonical_connectivity, uniform_tensor
 
 _LETTERS = "jkl"  # einsum indices of the (at most 3) field factors
-_CHUNK_NODES = 2**16  # the stencil path runs on batch chunks of about this many nodes (cache-sized)
+# The stencil path runs on batch chunks of fewer nodes than torch's parallel grain (32768 elements):
+# they fit in cache and each op runs on one thread. Splitting these short ops over 2 threads was 5x
+# slower on a 2-core machine shared with other jobs (every op waits for the descheduled thread).
+_CHUNK_NODES = 2**15 - 1
 
 
 class ResidualOperator(torch.nn.Module):
