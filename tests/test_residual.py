@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from piddm_fem import residual as residual_module
 from piddm_fem import schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
@@ -65,7 +66,7 @@ def test_stencil_path_equals_general_path(name):
     fast, general = ResidualOperator(exported), ResidualOperator(exported, stencil=False)
     assert fast.uses_stencil and not general.uses_stencil
     x = torch.from_numpy(np.concatenate([random_fields(problem, S, seed) for seed in range(200)]))
-    assert x.shape[0] * S * S > 2**16  # more than one chunk
+    assert x.shape[0] * S * S > 2 * residual_module._CHUNK_NODES  # several chunks
     for method in ("raw", "scaled"):
         assert rel_err(getattr(fast, method)(x).numpy(), getattr(general, method)(x).numpy()) <= 1e-13
     assert torch.equal(fast.raw(x)[:, 0][:, fast.bc_mask.reshape(S, S)],
