@@ -139,13 +139,14 @@ class ResidualOperator(torch.nn.Module):
         return r.reshape(B, 1, S, S)
 
     def _raw_stencil(self, x: torch.Tensor) -> torch.Tensor:
-        """``raw`` on the stencil path: in cache-sized chunks of the batch; the Dirichlet and data
-        rows, all on the grid's boundary, are set on its first and last rows and columns only."""
+        """``raw`` on the stencil path: on the CPU in cache-sized chunks of the batch (on a GPU in one
+        piece); the Dirichlet and data rows, all on the grid's boundary, are set on its first and
+        last rows and columns only."""
         B, S = x.shape[0], self.resolution
         flat = x.reshape(B, len(self.channels), self._n)
         constant = self.constant.to(x.dtype)
-        r = torch.cat([self.stencil(part).add_(constant)
-                       for part in flat.split(max(1, _CHUNK_NODES // self._n))]).reshape(B, S, S)
+        chunk = max(1, _CHUNK_NODES // self._n) if x.device.type == "cpu" else B
+        r = torch.cat([self.stencil(part).add_(constant) for part in flat.split(chunk)]).reshape(B, S, S)
         u = x[:, self.unknown]
         g = self.bc_values.to(x.dtype).reshape(S, S)
         bc, data = self.bc_mask.reshape(S, S), self.data_mask.reshape(S, S)
