@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from piddm_fem import grid, schema
-
 from piddm_fem.errors import PiddmError
 from piddm_fem.stencil import StencilResidual, canonical_connectivity, uniform_tensor
 
@@ -145,7 +144,7 @@ class ResidualOperator(torch.nn.Module):
         B, S = x.shape[0], self.resolution
         flat = x.reshape(B, len(self.channels), self._n)
         constant = self.constant.to(x.dtype)
-        chunk = max(1, _CHUNK_NODES // self._n) if x.device.type == "cpu" else B
+        chunk = max(1, _CHUNK_NODES // self._n if x.device.type == "cpu" else B)
         r = torch.cat([self.stencil(part).add_(constant) for part in flat.split(chunk)]).reshape(B, S, S)
         u = x[:, self.unknown]
         g = self.bc_values.to(x.dtype).reshape(S, S)
