@@ -1,8 +1,12 @@
-"""Residual throughput: the torch weak-form operator vs Firedrake's assemble loop.
+"""Residual throughput: the torch weak-form operator (stencil path and general path) vs
+Firedrake's assemble loop, side by side in one run.
 
-Prints fields/s at S = 64 and 128 for a batch of B = 256 random Darcy fields: torch on the CPU
-(float64 and float32), the Firedrake assemble loop (per sample), their ratio, and CUDA when a GPU is
-present. Without Firedrake (a GPU node), pass operator files exported beforehand:
+Prints fields/s at S = 64 and 128 for a batch of B = 256 random Darcy fields: the stencil path
+(structured grid: shifted slices), the general path (gather, einsum, index_add) on the same operator,
+in float64 and float32, and the Firedrake assemble loop (per sample), with their ratios; CUDA rows
+when a GPU is present. Each rate is the best of repeated timings (the machine may be shared), and
+the load average is printed beside it. Without Firedrake (a GPU node), pass operator files
+exported beforehand:
     python benchmarks/residual_throughput.py --operator op64.h5 --operator op128.h5
 Export one with: python benchmarks/residual_throughput.py --export op64.h5 --res 64
 """
@@ -10,6 +14,7 @@ Export one with: python benchmarks/residual_throughput.py --export op64.h5 --res
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -18,13 +23,15 @@ from piddm_fem import schema
 from piddm_fem.residual import ResidualOperator
 
 
-def rate(fn, n_fields: int, min_time: float = 1.0) -> float:
-    fn()  # warm-up
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_time:
+def rate(fn, n_fields: int, repeats: int = 7) -> float:
+    """Fields per second of the fastest of ``repeats`` calls (after a warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
         fn()
-        reps += 1
-    return reps * n_fields / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    return n_fields / best
 
 
 def random_batch(S: int, B: int) -> torch.Tensor:
@@ -34,43 +41,46 @@ def random_batch(S: int, B: int) -> torch.Tensor:
     return torch.cat([a, u], 1)
 
 
-def bench(op: ResidualOperator, B: int, assemble_loop=None) -> None:
-    S = op.resolution
+def bench(op: dict, B: int, assemble_loop=None) -> None:
+    S = op["resolution"]
+    paths = {"stencil": ResidualOperator(op), "general": ResidualOperator(op, stencil=False)}
+    if not paths["stencil"].uses_stencil:
+        raise SystemExit("this operator is not on the structured grid; re-export it")
     x = random_batch(S, B)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = {}
     with torch.no_grad():
-        rows["torch cpu f64"] = rate(lambda: op.raw(x), B)
-        rows["torch cpu f32"] = rate(lambda: op.raw(x.float()), B)
+        err = (paths["stencil"].raw(x) - paths["general"].raw(x)).abs().max() / paths["general"].raw(x).abs().max()
+        print(f"\nDarcy S={S}: stencil and general paths agree to {err:.1e} relative (float64)")
+        for dtype, name in ((torch.float64, "f64"), (torch.float32, "f32")):
+            y = x.to(dtype)
+            for path, op_ in paths.items():
+                rows[f"{path} cpu {name}"] = rate(lambda: op_.raw(y), B)
         if torch.cuda.is_available():
-            gop, gx = op.to("cuda"), x.cuda()
-            for dtype, name in ((torch.float64, "f64"), (torch.float32, "f32")):
-                y = gx.to(dtype)
+            gx = x.cuda()
+            for path, op_ in paths.items():
+                gop = op_.to("cuda")
+                for dtype, name in ((torch.float64, "f64"), (torch.float32, "f32")):
+                    y = gx.to(dtype)
 
-                def run():
-                    gop.raw(y)
-                    torch.cuda.synchronize()
+                    def run():
+                        gop.raw(y)
+                        torch.cuda.synchronize()
 
-                rows[f"torch cuda {name}"] = rate(run, B)
-            compiled = torch.compile(gop.raw)
-            y = gx.float()
-            err = (compiled(y) - gop.raw(y)).abs().max() / gop.raw(y).abs().max()
-            print(f"  torch.compile (cuda f32) agrees with eager to {err:.1e} relative")
-
-            def run_compiled():
-                compiled(y)
-                torch.cuda.synchronize()
-
-            rows["torch.compile cuda f32"] = rate(run_compiled, B)
-            op.to("cpu")
+                    rows[f"{path} cuda {name}"] = rate(run, B)
+                op_.to("cpu")
     if assemble_loop is not None:
         n = 16
-        rows["firedrake assemble"] = rate(lambda: assemble_loop(x[:n].numpy()), n)
+        rows["firedrake assemble"] = rate(lambda: assemble_loop(x[:n].numpy()), n, repeats=3)
     base = rows.get("firedrake assemble")
-    print(f"\nDarcy S={S}, batch {B} ({torch.get_num_threads()} threads)")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"batch {B}, {torch.get_num_threads()} threads, load average {load}")
     for name, value in rows.items():
         ratio = f"{value / base:8.1f}x firedrake" if base else ""
-        print(f"  {name:20s} {value:12.1f} fields/s  {ratio}")
+        path, _, rest = name.partition(" ")
+        general = rows.get(f"general {rest}") if path == "stencil" else None
+        vs = f"{value / general:6.1f}x general" if general else ""
+        print(f"  {name:20s} {value:12.1f} fields/s  {ratio}  {vs}")
 
 
 def main() -> None:
@@ -83,7 +93,7 @@ def main() -> None:
     sizes = args.res or [64, 128]
     if args.operator:
         for path in args.operator:
-            bench(ResidualOperator.from_file(path), args.batch)
+            bench(schema.read_operator(path), args.batch)
         return
     from piddm_fem.solvers import get_problem
     from piddm_fem.solvers.discrete import DiscreteProblem
@@ -100,7 +110,7 @@ def main() -> None:
             print(f"wrote {args.export}")
             return
         disc = DiscreteProblem(problem, S)
-        bench(ResidualOperator(op), args.batch, lambda xs: [disc.raw_residual(f) for f in xs])
+        bench(op, args.batch, lambda xs: [disc.raw_residual(f) for f in xs])
 
 
 if __name__ == "__main__":

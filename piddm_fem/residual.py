@@ -1,11 +1,12 @@
 """The weak-form residual as a batched, differentiable torch operator (docs/residual.md).
 
 ``ResidualOperator`` evaluates what Firedrake's ``assemble(F)`` gives, mapped to the grid, from the
-element tensors exported by ``piddm_fem.solvers.export``: gather the cell values of each field,
-contract them with the element tensor of each Taylor term (einsum), scatter-add into the grid
-(``index_add_``), and replace Dirichlet rows by u - g and data rows (where the unknown is an input, e.g. an
-initial condition) by 0. Needs torch (and h5py to load) only; the
-device and dtype follow the input.
+element tensors exported by ``piddm_fem.solvers.export``. On the structured grid with element tensors
+identical across cells (to round-off) it is a stencil of shifted slices (``piddm_fem.stencil``);
+otherwise the general path gathers the cell values of each field, contracts them with the element
+tensor of each Taylor term (einsum) and scatter-adds into the grid (``index_add_``). Both then
+replace Dirichlet rows by u - g and data rows (where the unknown is an input, e.g. an initial
+condition) by 0. Needs torch (and h5py to load) only; the device and dtype follow the input.
 
 Units: ``raw`` is the weak residual (assembled vector); ``scaled`` divides the non-Dirichlet rows
 by the lumped mass (strong-form units, comparable across resolutions); ``relative`` is
@@ -17,18 +18,27 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
-from piddm_fem import schema
+from piddm_fem import grid, schema
 from piddm_fem.errors import PiddmError
+from piddm_fem.stencil import StencilResidual, canonical_connectivity, uniform_tensor
 
 _LETTERS = "jkl"  # einsum indices of the (at most 3) field factors
+# The stencil path runs on batch chunks of fewer nodes than torch's parallel grain (32768 elements):
+# they fit in cache and each op runs on one thread. Splitting these short ops over 2 threads was 5x
+# slower on a 2-core machine shared with other jobs (every op waits for the descheduled thread).
+_CHUNK_NODES = 2**15 - 1
 
 
 class ResidualOperator(torch.nn.Module):
-    """R(x) for x [B, C, S, S] in physical units; returns [B, 1, S, S] (one field per equation)."""
+    """R(x) for x [B, C, S, S] in physical units; returns [B, 1, S, S] (one field per equation).
 
-    def __init__(self, op: dict):
+    ``stencil=False`` keeps the general path on a structured operator (to compare the two);
+    ``uses_stencil`` says which path ``raw`` takes."""
+
+    def __init__(self, op: dict, stencil: bool = True):
         super().__init__()
         self.problem, self.params = op["problem"], op["params"]
         self.resolution, self.channels = int(op["resolution"]), list(op["channels"])
@@ -46,6 +56,34 @@ class ResidualOperator(torch.nn.Module):
             self.register_buffer(f"term{n}", torch.as_tensor(tensor, dtype=torch.float64))
             self.term_channels.append(tuple(combo))
         self._n = S * S
+        self.stencil = self._stencil(op) if stencil else None
+
+    @property
+    def uses_stencil(self) -> bool:
+        return self.stencil is not None
+
+    def _stencil(self, op: dict) -> StencilResidual | None:
+        """The stencil path when the operator is on the structured grid and every cell has the same
+        element tensors; the constant term (degree 0) becomes one node vector."""
+        if not op.get("structured", False):
+            return None
+        S = self.resolution
+        if not np.array_equal(op["connectivity"], canonical_connectivity(S)):
+            raise PiddmError(f"{self.problem} operator: marked structured but its connectivity is not the "
+                             f"{S}x{S} grid's cell order; re-export it with `piddm export-operator FILE`")
+        inside = ~torch.as_tensor(grid.boundary_mask(S).reshape(-1))
+        if (self.bc_mask | self.data_mask)[inside].any():  # the stencil path sets boundary rows only
+            return None
+        shared = [(combo, uniform_tensor(np.asarray(tensor))) for combo, tensor in op["terms"] if combo]
+        if any(tensor is None for _, tensor in shared):
+            return None
+        constant = torch.zeros(self._n, dtype=torch.float64)
+        for combo, tensor in op["terms"]:
+            if not combo:
+                constant.index_add_(0, self.connectivity.reshape(-1),
+                                    torch.as_tensor(tensor, dtype=torch.float64).reshape(-1))
+        self.register_buffer("constant", constant)
+        return StencilResidual(shared, S)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ResidualOperator":
@@ -84,6 +122,8 @@ class ResidualOperator(torch.nn.Module):
         """Weak residual (assembled vector on the grid), Dirichlet rows u - g: [B, 1, S, S]."""
         self.check_input(x)
         B, S = x.shape[0], self.resolution
+        if self.stencil is not None:
+            return self._raw_stencil(x)
         flat = x.reshape(B, len(self.channels), self._n)
         conn = self.connectivity
         cells = self.cell_values(x)
@@ -95,6 +135,24 @@ class ResidualOperator(torch.nn.Module):
         u = flat[:, self.unknown]
         r = torch.where(self.bc_mask, u - self.bc_values.to(x.dtype), r)
         r = torch.where(self.data_mask, torch.zeros_like(r), r)  # the unknown is an input there
+        return r.reshape(B, 1, S, S)
+
+    def _raw_stencil(self, x: torch.Tensor) -> torch.Tensor:
+        """``raw`` on the stencil path: on the CPU in cache-sized chunks of the batch (on a GPU in one
+        piece); the Dirichlet and data rows, all on the grid's boundary, are set on its first and
+        last rows and columns only."""
+        B, S = x.shape[0], self.resolution
+        flat = x.reshape(B, len(self.channels), self._n)
+        constant = self.constant.to(x.dtype)
+        chunk = max(1, _CHUNK_NODES // self._n if x.device.type == "cpu" else B)
+        r = torch.cat([self.stencil(part).add_(constant) for part in flat.split(chunk)]).reshape(B, S, S)
+        u = x[:, self.unknown]
+        g = self.bc_values.to(x.dtype).reshape(S, S)
+        bc, data = self.bc_mask.reshape(S, S), self.data_mask.reshape(S, S)
+        for ring in ((slice(0, S, S - 1), slice(None)), (slice(None), slice(0, S, S - 1))):
+            side = r[(slice(None),) + ring]
+            side = torch.where(bc[ring], u[(slice(None),) + ring] - g[ring], side)
+            r[(slice(None),) + ring] = torch.where(data[ring], torch.zeros_like(side), side)
         return r.reshape(B, 1, S, S)
 
     def scaled(self, x: torch.Tensor) -> torch.Tensor:

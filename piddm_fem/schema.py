@@ -358,6 +358,7 @@ def write_operator(path: str | os.PathLike, op: dict, h5file=None) -> None:
         g.attrs.update({"problem": op["problem"], "params": json.dumps(op["params"]),
                         "resolution": op["resolution"], "channels": json.dumps(op["channels"]),
                         "unknown": op["unknown"], "n_terms": len(op["terms"]),
+                        "structured": bool(op.get("structured", False)),
                         "schema_version": SCHEMA_VERSION})
         for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values", "data_mask"):
             g.create_dataset(name, data=op[name])
@@ -384,6 +385,8 @@ def read_operator(path: str | os.PathLike) -> dict | None:
             **{name: g[name][:] for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values")},
             # operators exported before data sides existed have none
             "data_mask": g["data_mask"][:] if "data_mask" in g else np.zeros_like(g["bc_mask"][:]),
+            # older operators do not say whether their cells are the structured grid's: general path
+            "structured": bool(a.get("structured", False)),
             "terms": [(tuple(int(c) for c in g[f"term{n}"].attrs["channels"]), g[f"term{n}"][:])
                       for n in range(int(a["n_terms"]))],
         }

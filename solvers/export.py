@@ -8,6 +8,10 @@ element tensors. For k >= 2 the first k - 1 directions are set, one local basis 
 to indicator Functions of the broken space (the same local basis function in every cell). The result
 (numpy arrays, see ``piddm_fem.schema.write_operator``) is evaluated by
 ``piddm_fem.residual.ResidualOperator`` with torch alone.
+
+On the structured grid (always, for the meshes of ``DiscreteProblem``) the cells are stored in the
+grid's order with their local nodes in the order of ``piddm_fem.stencil.canonical_connectivity``
+and the operator is marked ``structured``, so that the evaluation can be a stencil.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import ufl
 from ufl.algorithms import expand_derivatives
 
 from piddm_fem.errors import PiddmError
+from piddm_fem.stencil import canonical_connectivity
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.gridmap import dof_coordinates
 
@@ -53,6 +58,34 @@ def check_polynomial(F, fields: dict, direction) -> None:
                         f"unsupported term in the weak form: {term} is not a polynomial of degree "
                         f"<= {MAX_DEGREE} in the fields {list(fields)}; rewrite it polynomially "
                         "or evaluate the residual with Firedrake (`piddm validate`)")
+
+
+def structured_order(connectivity: np.ndarray, S: int):
+    """(cell order, per-cell local order) that turn ``connectivity`` [ncell, 4] (grid nodes) into
+    ``canonical_connectivity(S)``, or None when the cells are not the S x S grid's unit squares."""
+    base = connectivity.min(1)
+    local = np.argsort(connectivity - base[:, None], axis=1, kind="stable")
+    j, i = np.divmod(base, S)
+    position = j * (S - 1) + i
+    canonical = canonical_connectivity(S)
+    if (connectivity.shape != canonical.shape or (i >= S - 1).any() or (j >= S - 1).any()
+            or np.unique(position).size != position.size):
+        return None
+    order = np.argsort(position)
+    local = local[order]
+    if not np.array_equal(np.take_along_axis(connectivity[order], local, axis=1), canonical):
+        return None
+    return order, local
+
+
+def _reorder_cells(tensor: np.ndarray, order: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """A per-cell tensor [ncell, nloc, ...] in cell order ``order``, every local axis in ``local``."""
+    out = tensor[order]
+    for axis in range(1, out.ndim):
+        shape = [local.shape[0]] + [1] * (out.ndim - 1)
+        shape[axis] = local.shape[1]
+        out = np.take_along_axis(out, local.reshape(shape), axis=axis)
+    return out
 
 
 def extract_operator(problem, S: int, reorder: bool | None = None) -> dict:
@@ -111,13 +144,19 @@ def extract_operator(problem, S: int, reorder: bool | None = None) -> dict:
                 continue
             scale = 1.0 / math.prod(math.factorial(m) for m in Counter(combo).values())
             terms.append((combo, scale * tensor))
+    connectivity = disc.gridmap.index[cells].astype(np.int64)
+    structured = structured_order(connectivity, S)
+    if structured is not None:
+        connectivity = canonical_connectivity(S)
+        terms = [(combo, _reorder_cells(tensor, *structured)) for combo, tensor in terms]
     return {
         "problem": problem.name,
         "params": dict(problem.params),
         "resolution": S,
         "channels": channels,
         "unknown": channels.index(problem.unknown),
-        "connectivity": disc.gridmap.index[cells].astype(np.int64),
+        "connectivity": connectivity,
+        "structured": structured is not None,
         "terms": terms,
         "lumped_mass": disc.lumped_mass,
         "bc_mask": disc.bc_mask,

@@ -1,10 +1,14 @@
 """Dataset generation: seeded coefficient draws, Firedrake solves, resumable atomic HDF5 files.
 
-Sample i depends only on (seed, i). Under ``mpiexec -n K`` the pending samples are dealt out to
-the ranks in rounds; each rank solves on its own serial mesh and rank 0 writes, so the file is
-identical to a K = 1 run. The file stays ``<out>.partial`` until every sample is done (solved or
-failed with its reason) and rank 0 holds ``<out>.lock`` meanwhile. Ctrl-C (or SIGTERM) lets the
-solves in flight finish, keeps every finished sample for ``--resume`` and never stores a sample
+Sample i depends only on (seed, i). The pending samples go in rounds of ``ROUND_PER_RANK`` per
+rank; rank 0 writes each round with one write per dataset. Under ``mpiexec -n K`` each rank solves
+its share of a round on its own serial mesh and sends it to rank 0 without waiting: the other ranks
+run up to one round ahead, so rank 0's writes overlap their solves, and rank 0 (which also solves)
+takes a smaller share, sized from the measured solve and write times. Who solves a sample does not
+change it, so the file is identical to a K = 1 run. The file stays ``<out>.partial`` until every
+sample is done (solved or failed with its reason) and rank 0 holds ``<out>.lock`` meanwhile.
+Ctrl-C (or SIGTERM) lets the solves in flight finish and starts no new one; every finished sample
+is written for ``--resume`` (also the finished part of a round cut short), and no sample is stored
 as failed because of the interrupt. A round's fields are flushed before its statuses, and
 ``--resume`` re-checks the samples of the last round before trusting them.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 import firedrake as fd
 import numpy as np
@@ -67,8 +72,9 @@ def dataset_info(problem, n_samples: int, S: int, seed: int) -> schema.DatasetIn
 
 def generate(problem, n_samples: int, S: int, seed: int, out, *, resume: bool = False,
              overwrite: bool = False, show_progress: bool = True, force: bool = False) -> dict:
-    """Write ``out``; returns counts {"ok", "failed", "solved_now"} (on rank 0; {} elsewhere).
-    ``force`` skips the memory guard."""
+    """Write ``out``; returns counts {"ok", "failed", "solved_now"} and "seconds", the wall time of
+    the solve-and-write loop (meshes built), on rank 0; {} elsewhere. ``force`` skips the memory
+    guard."""
     comm = fd.COMM_WORLD
     rank, size = comm.rank, comm.size
     if n_samples < 1:
@@ -97,46 +103,148 @@ def generate(problem, n_samples: int, S: int, seed: int, out, *, resume: bool = 
         bar = stack.enter_context(progress_bar(disable=not show_progress)) if rank == 0 else None
         task = bar.add_task(f"{problem.name} S={S}", total=n_samples,
                             completed=n_samples - len(pending), status="") if rank == 0 else None
-        for start in range(0, len(pending), size):
-            chunk = pending[start:start + size]
-            mine = None
-            if rank < len(chunk):
-                fields, sinfo = solve_sample(disc, seed, chunk[rank])
-                # a solve cut short by a second Ctrl-C is not a failure: its sample stays pending
-                if fields is not None or not interrupt.requested():
-                    mine = (int(chunk[rank]), fields, sinfo)
-            results = [r for r in comm.gather(mine, root=0) or () if r is not None]
-            if rank == 0:
-                _write_round(f, results)
+        t0 = time.perf_counter()
+        step = size * ROUND_PER_RANK
+        rounds = [pending[start:start + step] for start in range(0, len(pending), step)]
+        if rank == 0:
+            def report(results):
                 bar.update(task, advance=len(results),
                            status=f"last: {results[-1][2]['reason']}" if results else "")
-            if comm.allreduce(int(interrupt.requested())):
-                raise KeyboardInterrupt
+
+            stopped = _lead(comm, f, disc, seed, rounds, report)
+        else:
+            stopped = _follow(comm, disc, seed, rounds)
+        if comm.allreduce(int(stopped or interrupt.requested())):
+            raise KeyboardInterrupt
         if rank != 0:
             return {}
+        seconds = time.perf_counter() - t0
         status = f["status"][:]
         schema.write_operator(None, extract_operator(problem, S), h5file=f)
         if interrupt.requested():  # keep the partial file: --resume only renames it
             raise KeyboardInterrupt
         schema.finalize(out, f)
         return {"ok": int((status == schema.STATUS_OK).sum()),
-                "failed": int((status == schema.STATUS_FAILED).sum()), "solved_now": len(pending)}
+                "failed": int((status == schema.STATUS_FAILED).sum()), "solved_now": len(pending),
+                "seconds": seconds}
+
+
+ROUND_PER_RANK = 8  # samples per rank and round: rank 0 writes (and flushes) once per round
+_RESULTS, _PLAN = 71, 72  # message tags: a follower's round; the leader's word after a round
+
+
+def _recv(comm, source: int, tag: int):
+    """``comm.recv`` that sleeps while it waits instead of spinning in MPI's progress loop: on a
+    machine shared with other jobs (or more ranks than cores) a spinning rank takes the CPU from
+    the ranks that are solving. Costs at most a millisecond per round."""
+    while not comm.iprobe(source=source, tag=tag):
+        time.sleep(0.001)
+    return comm.recv(source=source, tag=tag)
+
+
+def _solve(disc, seed: int, indices, done: list) -> float:
+    """Solve ``indices`` in order, appending (index, fields or None, info) to ``done``, until an
+    interrupt is requested; returns the seconds spent. A solve cut short by a second Ctrl-C is
+    not a failure: it is not appended and its sample stays pending."""
+    t0 = time.perf_counter()
+    for index in indices:
+        if interrupt.requested():
+            break
+        fields, sinfo = solve_sample(disc, seed, index)
+        if fields is not None or not interrupt.requested():
+            done.append((int(index), fields, sinfo))
+    return time.perf_counter() - t0
+
+
+def _share(chunk, lead: float, rank: int, size: int):
+    """Rank ``rank``'s samples of a round: rank 0 the first ``lead`` fraction (it also writes),
+    the other ranks the rest, dealt out in turn."""
+    if size == 1:
+        return chunk
+    n0 = min(len(chunk), max(0, round(lead * len(chunk))))
+    return chunk[:n0] if rank == 0 else chunk[n0 + rank - 1::size - 1]
+
+
+def _lead(comm, f, disc, seed: int, rounds, report) -> bool:
+    """Rank 0: per round, solve its share, receive the other ranks' (solved meanwhile: they run
+    up to a round ahead, so the write overlaps their solves), write the round. After round t it
+    tells them whether to stop after round t + 1 and rank 0's share of round t + 2, sized so that
+    its solves plus the writes take as long as theirs. Returns whether an interrupt stopped it."""
+    size, stop, plan = comm.size, [], {}  # plan: round -> rank 0's share, sent two rounds ahead
+    solve_rate = [0.0, 0, 0.0, 0]  # rank 0's seconds and samples, the others' likewise
+    write_time, written, sends = 0.0, 0, []
+    for t, chunk in enumerate(rounds):
+        if t >= 2 and stop[t - 2]:
+            break
+        done = []
+        try:
+            seconds = _solve(disc, seed, _share(chunk, plan.get(t, 1.0 / size), 0, size), done)
+            flags = [interrupt.requested()]
+            solve_rate[:2] = solve_rate[0] + seconds, solve_rate[1] + len(done)
+            for r in range(1, size):
+                results, flag, seconds = _recv(comm, r, _RESULTS)
+                done += results
+                flags.append(flag)
+                solve_rate[2:] = solve_rate[2] + seconds, solve_rate[3] + len(results)
+        finally:  # every finished sample is kept, whatever stops the round
+            t0 = time.perf_counter()
+            _write_round(f, done)
+            write_time, written = write_time + time.perf_counter() - t0, written + len(done)
+        report(done)
+        stop.append(any(flags))
+        if size > 1 and t + 2 < len(rounds) and not any(stop[:-1]):
+            plan[t + 2] = 1.0 / size
+            if solve_rate[1] and solve_rate[3] and written:
+                s0, s1 = solve_rate[0] / solve_rate[1], solve_rate[2] / solve_rate[3] / (size - 1)
+                w = write_time / written  # per sample: rank 0 writes all the round's samples
+                plan[t + 2] = max(0.0, (s1 - w) / (s0 + s1))  # n0 s0 + N w = (N - n0) s1
+            sends += [comm.isend((stop[-1], plan[t + 2]), dest=r, tag=_PLAN) for r in range(1, size)]
+    for request in sends:
+        request.wait()
+    return any(stop)
+
+
+def _follow(comm, disc, seed: int, rounds) -> bool:
+    """Rank > 0: solve its share of each round and send it to rank 0 without waiting for the
+    write; before round t (t >= 2) read rank 0's word after round t - 2 (stop, rank 0's share)."""
+    sends, stopped, lead = [], False, 1.0 / comm.size
+    for t, chunk in enumerate(rounds):
+        if t >= 2:
+            stopped, lead = _recv(comm, 0, _PLAN)
+            if stopped:
+                break
+        done = []
+        seconds = _solve(disc, seed, _share(chunk, lead, comm.rank, comm.size), done)
+        sends.append(comm.isend((done, interrupt.requested(), seconds), dest=0, tag=_RESULTS))
+        if len(sends) > 2:  # rank 0 has received all but the last two rounds
+            sends.pop(0).wait()
+    for request in sends:
+        request.wait()
+    return stopped
+
+
+def _index(indices):
+    """A slice for consecutive indices (one HDF5 hyperslab), else the sorted list."""
+    if indices[-1] - indices[0] + 1 == len(indices):
+        return slice(indices[0], indices[-1] + 1)
+    return list(indices)
 
 
 def _write_round(f, results) -> None:
-    """Store a round of (index, fields or None, info): fields and solver info first, flushed,
-    then the statuses (and the round's indices, for ``_recheck``), flushed. A kill in
-    between leaves the samples pending, never ok with missing fields."""
+    """Store a round of (index, fields or None, info) in one write per dataset: fields and solver
+    info first, flushed, then the statuses (and the round's indices, for ``_recheck``), flushed. A
+    kill in between leaves the samples pending, never ok with missing fields."""
     if not results:
         return
-    for index, fields, sinfo in results:
-        if fields is not None:
-            f["fields"][index] = fields
-        for key in ("iterations", "residual_norm", "time", "reason"):
-            f["solver_info"][key][index] = sinfo[key]
+    results = sorted(results, key=lambda r: r[0])
+    solved = [r for r in results if r[1] is not None]
+    if solved:
+        f["fields"][_index([r[0] for r in solved])] = np.stack([r[1] for r in solved])
+    where = _index([r[0] for r in results])
+    for key in ("iterations", "residual_norm", "time", "reason"):
+        f["solver_info"][key][where] = [r[2][key] for r in results]
     f.flush()
-    for index, fields, _ in results:
-        f["status"][index] = schema.STATUS_OK if fields is not None else schema.STATUS_FAILED
+    f["status"][where] = [schema.STATUS_OK if r[1] is not None else schema.STATUS_FAILED for r in results]
     f.attrs["last_round"] = np.array([r[0] for r in results], dtype=np.int64)
     f.flush()
 

@@ -73,3 +73,20 @@ def test_two_ranks_give_the_same_file(tmp_path, darcy_file):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\x1b[" not in proc.stdout + proc.stderr  # ranks write to a pty, yet no colour codes
     assert np.array_equal(schema.read(out)[1], schema.read(darcy_file)[1])
+
+
+@pytest.mark.mpi
+def test_two_ranks_over_several_rounds_give_the_same_file(tmp_path):
+    """More rounds than the two that start before rank 0's first word: rank 0's share is then
+    rebalanced from the measured times, and the file still equals the one-rank file."""
+    n = 5 * 2 * generate_module.ROUND_PER_RANK + 3  # 6 rounds, the last one short
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    generate(get_problem("darcy"), n, 9, 5, one, show_progress=False)
+    piddm = os.path.join(os.path.dirname(sys.executable), "piddm")
+    cmd = ["mpiexec", "-n", "2", piddm, "generate", "darcy", "-n", str(n), "--res", "9",
+           "--seed", "5", "--out", str(two)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=mpiexec_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (_, a, status_a), (_, b, status_b) = schema.read(one), schema.read(two)
+    assert np.array_equal(a, b) and np.array_equal(status_a, status_b)
+    assert (status_b == schema.STATUS_OK).all()
