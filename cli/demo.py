@@ -17,8 +17,8 @@ from rich.console import Console
 
 out = Console(soft_wrap=True)
 
-# The embedded default: small Darcy at S = 33 that runs in about 15 minutes on 2 CPU cores.
-DEFAULT = {"problem": "darcy", "res": 33, "n_samples": 1000, "seed": 0,
+# The embedded default: the first registered problem (solvers/__init__.py: Darcy flow) at S = 33.
+DEFAULT = {"res": 33, "n_samples": 1000, "seed": 0,
            "teacher_steps": 1000, "teacher_size": "tiny", "teacher_batch": 32,
            "heun_steps": 18, "pairs": 256, "distill_steps": 250, "lambda_train": 1e-2,
            "n_eval": 64, "refine_steps": 40, "lambda_infer": 1e-2,
@@ -73,11 +73,11 @@ def demo(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output di
 
 
 def _generate(cfg, data):
-    from piddm_fem.solvers import get_problem
+    from piddm_fem.solvers import get_problem, problem_names
     from piddm_fem.solvers.generate import generate
 
     partial = data.with_name(data.name + ".partial")
-    generate(get_problem(cfg["problem"]), cfg["n_samples"], cfg["res"], cfg["seed"], data,
+    generate(get_problem(problem_names()[0]), cfg["n_samples"], cfg["res"], cfg["seed"], data,
              resume=partial.exists())
 
 

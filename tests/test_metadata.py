@@ -33,6 +33,17 @@ def test_burgers_sample_keeps_its_initial_condition_and_the_maximum_principle():
         assert np.abs(u[-1]).max() < 0.9 * np.abs(u0).max()  # viscosity and shocks dissipate
 
 
+def test_a_burgers_solve_that_does_not_converge_is_stored_as_failed_with_its_reason(tmp_path):
+    from piddm_fem.solvers.generate import generate
+
+    problem = get_problem("burgers", nu=1e-4, sigma=500.0)  # a steep shock on a coarse grid
+    fields, info = solve_sample(DiscreteProblem(problem, 17), 0, 0)
+    assert fields is None and "failed to converge" in info["reason"]
+    generate(problem, 1, 17, 0, tmp_path / "b.h5", show_progress=False)
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert f["status"][0] == schema.STATUS_FAILED and "failed to converge" in f["solver_info/reason"][0].decode()
+
+
 def test_data_rows_carry_no_residual_and_the_load_keeps_them():
     problem, S = get_problem("burgers"), 9
     op = ResidualOperator(extract_operator(problem, S))
