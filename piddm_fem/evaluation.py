@@ -24,9 +24,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from piddm_fem import checkpoint, metrics, schema
+from piddm_fem import checkpoint, checks, metrics, schema
 from piddm_fem.errors import PiddmError
-from piddm_fem.tasks import task_errors
+from piddm_fem.tasks import observation_mask, task_errors
 
 
 class Method(Protocol):
@@ -157,13 +157,6 @@ def field_metrics(info, operator, fields, reference=None, fem: bool = False) -> 
     return row
 
 
-def task_mask(setup: Setup, task: str, truth, seed: int) -> np.ndarray:
-    """The observation mask of a task (``tasks.observation_mask``) for ``truth`` [N, C, S, S]."""
-    from piddm_fem.tasks import observation_mask
-
-    return observation_mask(task, truth.shape, setup.channels, setup.info.meta, seed=seed).numpy()
-
-
 def load_setup(data, teacher_dir, students: dict | None = None, budget: Budget | None = None,
                device: str = "auto", out_dir=None, min_test: int = 2) -> Setup:
     """Teacher, data splits, operator and students, checked to belong together; the test split
@@ -183,16 +176,7 @@ def load_setup(data, teacher_dir, students: dict | None = None, budget: Budget |
                          "20 samples so that the comparison has held-out data")
     return Setup(Path(data), info, splits, Path(teacher_dir), teacher, ckpt,
                  Normalizer.from_dict(ckpt["normalization"]), operator, dev, budget or Budget(),
-                 dict(students or {}), None if out_dir is None else _created(out_dir))
-
-
-def _created(out_dir) -> Path:
-    """``out_dir``, checked writable and created, for the per-seed rows and the figures."""
-    from piddm_fem import checks
-
-    path = checks.output_dir(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+                 dict(students or {}), None if out_dir is None else checks.output_dir(out_dir))
 
 
 def _check_student(teacher_ckpt: dict, teacher_dir, student_ckpt: dict, student_dir) -> None:
@@ -222,7 +206,8 @@ def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = 
     _, reference, _ = schema.read(setup.data, setup.splits["test"])
     idx = setup.splits["test"][:b.task_problems]
     _, truth, _ = schema.read(setup.data, idx)
-    masks = {task: task_mask(setup, task, truth, seed) for task in tasks}
+    masks = {task: observation_mask(task, truth.shape, setup.channels, setup.info.meta, seed=seed).numpy()
+             for task in tasks}
     rows, shown = {}, {"truth": truth, "masks": masks}
     for m in methods:
         row = {"nfe": m.nfe}

@@ -198,7 +198,7 @@ class Distiller:
         t0, interrupted, stats, status = time.perf_counter(), False, {}, ""
         self._run_start = t0
         start = self.step
-        bank = (self.bank.eps.to(self.device), self.bank.x0.to(self.device))  # resident on the device
+        bank = self._resident_bank()
         try:
             with progress_bar(disable=not progress) as bar:
                 task = bar.add_task("distill", total=steps, completed=self.step, status="")
@@ -214,7 +214,7 @@ class Distiller:
                     self.step += 1
                     if cfg.refresh and self.step % cfg.refresh == 0:
                         self.bank.refresh(cfg.refresh_fraction, np.random.default_rng([cfg.seed, self.step]))
-                        bank = (self.bank.eps.to(self.device), self.bank.x0.to(self.device))
+                        bank = self._resident_bank()
                     if self.step % cfg.val_every == 0 or self.step == steps:
                         stats = self.validate(val_eps.to(self.device), val_x0.to(self.device))
                         self.save(checkpoint.LAST)
@@ -232,6 +232,10 @@ class Distiller:
         return {"step": self.step, **stats, "history": self.history, "seconds": time.perf_counter() - t0,
                 "pair_seconds": self.bank_seconds, "val_pair_seconds": val_seconds,
                 "interrupted": interrupted, "out": str(self.out_dir)}
+
+    def _resident_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair bank's (eps, x0) on the device (the same tensors on the CPU), indexed there."""
+        return self.bank.eps.to(self.device), self.bank.x0.to(self.device)
 
     @torch.no_grad()
     def validate(self, eps, x0) -> dict:
