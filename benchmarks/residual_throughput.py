@@ -9,6 +9,8 @@ the load average is printed beside it. Without Firedrake (a GPU node), pass oper
 exported beforehand:
     python benchmarks/residual_throughput.py --operator op64.h5 --operator op128.h5
 Export one with: python benchmarks/residual_throughput.py --export op64.h5 --res 64
+``--chunk-nodes N`` (repeatable) adds CPU stencil rows for batch chunks of N nodes beside the
+default (piddm_fem.residual._CHUNK_NODES; 2^15 - 1 before issue 11's last change, 2^17 since).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-from piddm_fem import schema
+from piddm_fem import residual, schema
 from piddm_fem.residual import ResidualOperator
 
 
@@ -41,7 +43,7 @@ def random_batch(S: int, B: int) -> torch.Tensor:
     return torch.cat([a, u], 1)
 
 
-def bench(op: dict, B: int, assemble_loop=None) -> None:
+def bench(op: dict, B: int, assemble_loop=None, chunks=()) -> None:
     S = op["resolution"]
     paths = {"stencil": ResidualOperator(op), "general": ResidualOperator(op, stencil=False)}
     if not paths["stencil"].uses_stencil:
@@ -56,6 +58,11 @@ def bench(op: dict, B: int, assemble_loop=None) -> None:
             y = x.to(dtype)
             for path, op_ in paths.items():
                 rows[f"{path} cpu {name}"] = rate(lambda: op_.raw(y), B)
+            default = residual._CHUNK_NODES
+            for nodes in chunks:
+                residual._CHUNK_NODES = nodes
+                rows[f"stencil cpu {name} chunk={nodes}"] = rate(lambda: paths["stencil"].raw(y), B)
+            residual._CHUNK_NODES = default
         if torch.cuda.is_available():
             gx = x.cuda()
             for path, op_ in paths.items():
@@ -78,9 +85,9 @@ def bench(op: dict, B: int, assemble_loop=None) -> None:
     for name, value in rows.items():
         ratio = f"{value / base:8.1f}x firedrake" if base else ""
         path, _, rest = name.partition(" ")
-        general = rows.get(f"general {rest}") if path == "stencil" else None
+        general = rows.get(f"general {rest.split(' chunk')[0]}") if path == "stencil" else None
         vs = f"{value / general:6.1f}x general" if general else ""
-        print(f"  {name:20s} {value:12.1f} fields/s  {ratio}  {vs}")
+        print(f"  {name:32s} {value:12.1f} fields/s  {ratio}  {vs}")
 
 
 def main() -> None:
@@ -89,11 +96,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--operator", action="append", help="dataset/operator files (no Firedrake needed)")
     p.add_argument("--export", help="write the Darcy operator at --res to this file and exit")
+    p.add_argument("--chunk-nodes", type=int, action="append", default=[],
+                   help="also time the CPU stencil path on batch chunks of this many nodes")
     args = p.parse_args()
     sizes = args.res or [64, 128]
     if args.operator:
         for path in args.operator:
-            bench(schema.read_operator(path), args.batch)
+            bench(schema.read_operator(path), args.batch, chunks=args.chunk_nodes)
         return
     from piddm_fem.solvers import get_problem
     from piddm_fem.solvers.discrete import DiscreteProblem
@@ -110,7 +119,7 @@ def main() -> None:
             print(f"wrote {args.export}")
             return
         disc = DiscreteProblem(problem, S)
-        bench(op, args.batch, lambda xs: [disc.raw_residual(f) for f in xs])
+        bench(op, args.batch, lambda xs: [disc.raw_residual(f) for f in xs], args.chunk_nodes)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def _save(fig, path) -> Path:
     """Write the figure atomically (tmp file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    # tight_layout ignores a suptitle: keep about 0.4 inch free for it above the panels' titles
+    top = 1 - 0.4 / fig.get_figheight() if fig.get_suptitle() else 1
+    fig.tight_layout(rect=(0, 0, 1, top))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")

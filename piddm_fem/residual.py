@@ -26,10 +26,13 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.stencil import StencilResidual, canonical_connectivity, uniform_tensor
 
 _LETTERS = "jkl"  # einsum indices of the (at most 3) field factors
-# The stencil path runs on batch chunks of fewer nodes than torch's parallel grain (32768 elements):
-# they fit in cache and each op runs on one thread. Splitting these short ops over 2 threads was 5x
-# slower on a 2-core machine shared with other jobs (every op waits for the descheduled thread).
-_CHUNK_NODES = 2**15 - 1
+# The stencil path runs on batch chunks of about 2^17 nodes (1 MiB per float64 array, a few arrays
+# live per op): they stay in cache, and each op is 4x torch's parallel grain, so 2 threads share it.
+# Measured at S = 64, B = 256 (benchmarks/residual_throughput.py, idle 2-core machine), float64
+# fields/s for chunks of 2^15 / 2^16 / 2^17 / 2^18 / 2^20 nodes: 1 thread 14.6k / 17.6k / 17.4k /
+# 13.9k / 8.9k; 2 threads 13.4k / 23.2k / 27.2k / 23.6k / 15.2k; 2 threads with another process
+# busy on one core 14.1k / 12.3k / 13.4k.
+_CHUNK_NODES = 2**17
 
 
 class ResidualOperator(torch.nn.Module):

@@ -64,7 +64,7 @@ class DistillConfig:
     delay_steps: int = 0          # lambda = 0 before this step, then the ramp
     physics_channels: str = "all"  # all | unknown: where the penalty's gradient enters
     k_steps: int = 1              # network evaluations per sample
-    channels_last: bool | None = None  # None: on for CUDA (teacher.memory_format)
+    channels_last: bool | None = None  # None: on (teacher.memory_format)
 
 
 class Student(nn.Module):
@@ -112,8 +112,7 @@ class Distiller:
         checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
-        self.memory_format = memory_format(self.cfg.channels_last, device)
-        net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=self.memory_format)
+        net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=memory_format(self.cfg.channels_last))
         self.student = Student(net, self.cfg.k_steps).train()
         self.poisson = DSTPoisson(self.operator.resolution).to(device)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")
@@ -204,7 +203,7 @@ class Distiller:
                 task = bar.add_task("distill", total=steps, completed=self.step, status="")
                 while self.step < steps:
                     idx = torch.randint(len(self.bank), (cfg.batch,), generator=gen).to(self.device)
-                    eps, x0 = (b[idx].contiguous(memory_format=self.memory_format) for b in bank)
+                    eps, x0 = (b[idx] for b in bank)
                     regression, physics = self.losses(eps, x0)
                     loss = (regression + self.lam() * physics).mean()
                     self.opt.zero_grad(set_to_none=True)

@@ -220,6 +220,10 @@ class UNet(nn.Module):
             x = F.pad(x, pads, mode="constant" if self.config.padding == "zeros" else "circular")
         emb = self.embed(c_noise)
 
+        # the layout of the weights (``module.to(memory_format=...)``): a 3 x 3 kernel's input
+        # channels have stride 1 only in channels_last
+        if self.conv_in.weight.stride(1) == 1:
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         skips = [h]
         for block in self.enc:
@@ -232,4 +236,4 @@ class UNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb)
         h = self.conv_out(F.silu(self.norm_out(h)))
-        return h[..., pads[2]:pads[2] + S_h, pads[0]:pads[0] + S_w]
+        return h[..., pads[2]:pads[2] + S_h, pads[0]:pads[0] + S_w].contiguous()

@@ -1,5 +1,7 @@
 """EDM preconditioning, loss, seeded noise, the Heun sampler and the U-Net (torch only)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -140,6 +142,20 @@ def test_unet_any_grid_size(S):
     y = net(x, torch.tensor([0.1, -0.5]))
     assert y.shape == x.shape and torch.isfinite(y).all()
     assert not torch.allclose(y[0], net(x, torch.tensor([0.9, -0.5]))[0])  # noise conditioning
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_unet_runs_in_its_weights_layout_with_the_same_result(channels):
+    """A channels_last network (the default layout) converts its input and agrees with the same
+    weights in the contiguous layout; the output is a plain contiguous tensor either way."""
+    torch.manual_seed(0)
+    plain = _randomised(UNet(preset("tiny", channels)))
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x, t = torch.randn(3, channels, 17, 17), torch.tensor([0.1, -0.5, 0.3])
+    with torch.no_grad():
+        y_plain, y_fast = plain(x, t), fast(x, t)
+    assert y_fast.is_contiguous() and y_plain.is_contiguous()
+    torch.testing.assert_close(y_fast, y_plain, atol=1e-5, rtol=1e-5)
 
 
 def test_unet_circular_padding_is_translation_equivariant():
