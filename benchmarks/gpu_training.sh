@@ -6,8 +6,11 @@
 #    train_on_budget), its samples, then the distillation ablation of issue 12 on one pair bank
 #    (benchmarks/distill_ablation.py): l2 vs dual norm, physics on u only, a 4-step student.
 # Inputs in $DATA: darcy64.h5 with its operator. Results in $OUT: throughput.json/txt,
-# ablation.jsonl, logs. At tiny size on the CPU: SIZE=tiny TEACHER_SECONDS=5 STEPS=2 PAIRS=8 N=8
-# TSTEPS=2 DEVICE=cpu COMPILE= DATA=... bash benchmarks/gpu_training.sh
+# ablation.jsonl, logs. At tiny size on the CPU (python3 with torch on PATH): SIZE=tiny
+# TEACHER_SECONDS=5 STEPS=2 PAIRS=8 N=8 TSTEPS=2 DEVICE=cpu COMPILE= DATA=... bash benchmarks/gpu_training.sh
+# Rerunnable: finished parts are kept in $RUN (default /tmp/t64, on the device machine while it
+# stays warm) and skipped, so if a run is cut by its time limit the same command, called again at
+# once on the warm machine, continues with the next unfinished part.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} SIZE=${SIZE:-small}
@@ -16,16 +19,24 @@ TSTEPS=${TSTEPS:-100} COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/t64}
 mkdir -p "$OUT" "$RUN" /tmp/pkg/piddm_fem
 cp -r piddm_fem/. /tmp/pkg/piddm_fem/ && cp -r cli /tmp/pkg/piddm_fem/cli && cp -r solvers /tmp/pkg/piddm_fem/solvers
 export PYTHONPATH=/tmp/pkg:benchmarks
-timeout 200 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
-  --steps "$TSTEPS" --warmup 20 $COMPILE --device "$DEVICE" --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+if [ ! -f "$RUN/throughput.json" ]; then
+  timeout 200 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
+    --steps "$TSTEPS" --warmup 20 $COMPILE --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
+fi
+cp "$RUN"/throughput.* "$OUT"/ 2>/dev/null
 timeout 380 python3 - "$DATA/darcy64.h5" "$RUN" "$DEVICE" "$TEACHER_SECONDS" "$SIZE" "$STEPS" "$PAIRS" "$N" <<'PY' 2>&1 | grep -v "━" | tee "$OUT/ablation.txt"
 import json, subprocess, sys
+from pathlib import Path
 from piddm_pipeline import train_on_budget
 from piddm_fem.teacher import sample_teacher
 data, run, device, seconds, size, steps, pairs, n = sys.argv[1:]
-stats = train_on_budget(data, f"{run}/teacher", float(seconds), size, 64, device)
-print(json.dumps({k: stats[k] for k in ("step", "trained_seconds", "rate", "startup_seconds")}))
-sample_teacher(f"{run}/teacher", int(n), 18, 0, f"{run}/teacher_samples.h5", device=device, overwrite=True, progress=False)
+budget = Path(run) / "teacher_budget.json"
+if not budget.exists():
+    stats = train_on_budget(data, f"{run}/teacher", float(seconds), size, 64, device)
+    budget.write_text(json.dumps({k: stats[k] for k in ("step", "trained_seconds", "rate", "startup_seconds")}))
+print(budget.read_text())
+if not Path(f"{run}/teacher_samples.h5").exists():
+    sample_teacher(f"{run}/teacher", int(n), 18, 0, f"{run}/teacher_samples.h5", device=device, progress=False)
 s, lam = int(steps), [{"ramp_steps": int(steps) // 4, "batch": 64}]
 variants = [dict(name="l2_1e-2", lambda_train=1e-2, **lam[0]), dict(name="dual_10", lambda_train=10.0, physics_norm="dual", **lam[0]),
             dict(name="l2_1e-1_u", lambda_train=1e-1, physics_channels="unknown", **lam[0]),
@@ -37,4 +48,5 @@ subprocess.run([sys.executable, "benchmarks/distill_ablation.py", "--data", data
                 "--pairs-from", f"{run}/ablation/l2_1e-2", json.dumps(variants)], check=False)
 PY
 cp "$RUN/ablation/results.jsonl" "$OUT/ablation.jsonl" 2>/dev/null
+cp "$RUN/teacher_budget.json" "$OUT/" 2>/dev/null
 ls -la "$OUT"

@@ -16,7 +16,7 @@ import time
 import torch
 
 from piddm_fem.edm import EDMPrecond, heun_sample, noise_for_indices
-from piddm_fem.teacher import load_teacher
+from piddm_fem.teacher import load_teacher, memory_format
 from piddm_fem.unet import UNet, preset
 
 
@@ -26,7 +26,8 @@ def network(args, device):
         net, ckpt = load_teacher(args.ckpt, device)
         S = ckpt["resolution"]
         return net, (len(ckpt["channels"]), S, S), f"{args.ckpt} ({ckpt['problem']}, step {ckpt['step']})"
-    net = EDMPrecond(UNet(preset(args.size, 2))).to(device).eval().requires_grad_(False)
+    net = EDMPrecond(UNet(preset(args.size, 2))).to(device, memory_format=memory_format(None))
+    net = net.eval().requires_grad_(False)  # the layout every trained network runs in
     return net, (2, args.res, args.res), f"fresh {args.size} net"
 
 
