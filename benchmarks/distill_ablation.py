@@ -8,7 +8,9 @@ to OUT/results.jsonl (finished variants are skipped on a rerun). torch only.
         '[{"name": "l2_1e-2", "lambda_train": 0.01, "ramp_steps": 62},
           {"name": "k4", "lambda_train": 0.01, "ramp_steps": 62, "k_steps": 4}]'
 
-Each variant is a dict of DistillConfig fields plus "name" and "steps" (default 250).
+Each variant is a dict of DistillConfig fields plus "name" and "steps" (default 250). OUT/tradeoff.png
+plots every row's residual against its worst channel's SMSE, both as multiples of the teacher's,
+with the goal region (SMSE <= 2x, residual <= --goal-residual x); '[]' only redraws it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,21 @@ from pathlib import Path
 import numpy as np
 
 from piddm_fem import checkpoint, metrics, schema
+from piddm_fem.figures import plot_points
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.student import distill, sample_student, share_pair_bank
 from piddm_fem.teacher import dataset_splits
+
+
+def plot_tradeoff(results: Path, path: Path, goal_residual: float) -> Path:
+    """Residual against the worst channel's SMSE, both over the teacher's, one point per row."""
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    teacher = next(r for r in rows if r["name"] == "teacher")
+    points = {r["name"]: (max(s / t for s, t in zip(r["smse"], teacher["smse"])), r["residual"] / teacher["residual"])
+              for r in rows}
+    return plot_points(points, path, "SMSE of the worst channel / teacher's", "median relative residual / teacher's",
+                       title=f"distillation trade-off ({len(rows) - 1} students, one teacher)",
+                       goal=(2.0, goal_residual), goal_label=f"goal: SMSE <= 2x, residual <= {goal_residual}x")
 
 
 def main() -> None:
@@ -36,6 +50,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=256)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--out", required=True)
+    p.add_argument("--goal-residual", type=float, default=0.5, help="issue 12: 0.5 (CPU demo), 0.3 (GPU)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +84,7 @@ def main() -> None:
             f.write(json.dumps({"name": name, **variant, "steps": steps, "seconds": time.perf_counter() - t0,
                                 **evaluate(fields)}) + "\n")
         print(f"{name}: done", flush=True)
+    print(f"trade-off: {plot_tradeoff(results, out / 'tradeoff.png', args.goal_residual)}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,35 @@ def plot_lines(axes: list[tuple[str, dict]], path, title: str | None = None, log
     return _save(fig, path)
 
 
+def plot_points(points: dict, path, xlabel: str, ylabel: str, title: str | None = None,
+                goal: tuple | None = None, goal_label: str = "goal") -> Path:
+    """Save a log-log scatter of named points {name: (x, y)}, each labelled; ``goal`` (x, y)
+    shades the region below and left of it. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    if goal is not None:
+        ax.fill_between([1e-12, goal[0]], 1e-12, goal[1], color="tab:green", alpha=0.12, label=goal_label)
+    for i, (name, (x, y)) in enumerate(sorted(points.items(), key=lambda kv: kv[1])):
+        ax.plot(x, y, "o", color="tab:blue")  # labels of neighbours alternate above and below
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3 if i % 2 else -10), fontsize=7)
+    xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
+    if goal is not None:
+        xs, ys = xs + [goal[0]], ys + [goal[1]]
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5), ax.set_ylim(min(ys) / 1.5, max(ys) * 1.5)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    if goal is not None:
+        ax.legend(fontsize=8, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     """Write the figure atomically (tmp file, then rename) and close it."""
     import matplotlib.pyplot as plt
