@@ -7,13 +7,20 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_panels(panels: list[tuple[str, np.ndarray]], path, ncols: int | None = None,
-                title: str | None = None, cmap: str = "viridis") -> Path:
-    """Save a row-major grid of [S, S] images with colour bars; returns the path."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_panels(panels: list[tuple[str, np.ndarray]], path, ncols: int | None = None,
+                title: str | None = None, cmap: str = "viridis") -> Path:
+    """Save a row-major grid of [S, S] images with colour bars; returns the path."""
+    plt = _pyplot()
 
     ncols = ncols or len(panels)
     nrows = -(-len(panels) // ncols)
@@ -33,10 +40,7 @@ def plot_panels(panels: list[tuple[str, np.ndarray]], path, ncols: int | None = 
 def plot_lines(axes: list[tuple[str, dict]], path, title: str | None = None, logy: bool = True,
                xlabel: str = "", logx: bool = False) -> Path:
     """Save side-by-side line plots: each axis is (y label, {series name: (x, y)}); returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axs = plt.subplots(1, len(axes), figsize=(4.6 * len(axes), 3.4), squeeze=False)
     for ax, (ylabel, series) in zip(axs.flat, axes):
@@ -55,10 +59,7 @@ def plot_points(points: dict, path, xlabel: str, ylabel: str, title: str | None 
                 goal: tuple | None = None, goal_label: str = "goal") -> Path:
     """Save a log-log scatter of named points {name: (x, y)}, each labelled; ``goal`` (x, y)
     shades the region below and left of it. Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     if goal is not None:
@@ -82,7 +83,7 @@ def plot_points(points: dict, path, xlabel: str, ylabel: str, title: str | None 
 
 def _save(fig, path) -> Path:
     """Write the figure atomically (tmp file, then rename) and close it."""
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     # tight_layout ignores a suptitle: keep about 0.4 inch free for it above the panels' titles
     top = 1 - 0.4 / fig.get_figheight() if fig.get_suptitle() else 1
