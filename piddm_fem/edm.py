@@ -61,14 +61,22 @@ class EDMLoss:
         return weight * (D - x) ** 2
 
 
-def noise_for_indices(seed: int, indices, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """Standard normal eps [len(indices), *shape]; row k depends only on (seed, indices[k]).
+SAMPLE_STREAM, PAIR_STREAM, VAL_STREAM = 0, 1, 2  # noise streams: sampling, distillation pairs, their validation
+
+
+def noise_for_indices(seed: int, indices, shape, device="cpu", dtype=torch.float32,
+                      stream: int = SAMPLE_STREAM) -> torch.Tensor:
+    """Standard normal eps [len(indices), *shape]; row k depends only on (seed, indices[k], stream).
 
     One CPU ``torch.Generator`` per index (as EDM's StackedRandomGenerator), seeded from
-    ``SeedSequence([seed, index])``, so the noise is the same whatever the batch or the device."""
+    ``SeedSequence([seed, index])`` (with ``stream`` appended when it is not SAMPLE_STREAM), so the
+    noise is the same whatever the batch or the device. Streams never share a row: a student is
+    distilled on PAIR_STREAM and sampled, like every other method, on SAMPLE_STREAM, so that it is
+    never evaluated on the noise it was trained on."""
     out = []
     for k in np.asarray(indices, dtype=np.int64).reshape(-1):
-        state = np.random.SeedSequence([int(seed), int(k)]).generate_state(1, np.uint64)
+        entropy = [int(seed), int(k)] + ([int(stream)] if stream != SAMPLE_STREAM else [])
+        state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
         g = torch.Generator().manual_seed(int(state[0]))
         out.append(torch.randn(tuple(shape), generator=g, dtype=torch.float64))
     eps = torch.stack(out) if out else torch.empty((0, *shape), dtype=torch.float64)

@@ -1,6 +1,7 @@
 """The pair bank: (eps, x0_teacher(eps)) on disk, resumable, partly refreshed during distillation.
 
-Pair slot k holds the noise of index ``noise_index[k]`` of the bank's seed (``edm.noise_for_indices``)
+Pair slot k holds the noise of index ``noise_index[k]`` of the bank's seed on the pair stream
+(``edm.noise_for_indices``, PAIR_STREAM: never the noise that samples are drawn from)
 and the teacher's Heun ODE solution from it, both in normalised space. The file records every
 second spent in the teacher (``generation_seconds``), so the whole cost of distillation can be
 reported. Refreshing replaces slots with fresh noise indices, never reusing one.
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from piddm_fem.edm import PAIR_STREAM
 from piddm_fem.errors import PiddmError
 from piddm_fem.progress import progress_bar
 from piddm_fem.teacher import teacher_pairs
@@ -28,7 +30,7 @@ class PairBank:
         self.path, self.net, self.ckpt = Path(path), net, ckpt
         self.seed, self.num_steps, self.batch = seed, num_steps, batch
         shape = (n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"])
-        identity = {"seed": seed, "num_steps": num_steps, "teacher_step": int(ckpt["step"]),
+        identity = {"seed": seed, "stream": PAIR_STREAM, "num_steps": num_steps, "teacher_step": int(ckpt["step"]),
                     "problem": ckpt["problem"], "resolution": int(ckpt["resolution"])}
         if self.path.exists():
             self.file = h5py.File(self.path, "r+")
@@ -60,7 +62,7 @@ class PairBank:
         for start in range(0, len(slots), self.batch):
             s, idx = slots[start:start + self.batch], noise[start:start + self.batch]
             t0 = time.perf_counter()
-            eps, x0, nfe = teacher_pairs(self.net, self.ckpt, self.seed, idx, self.num_steps)
+            eps, x0, nfe = teacher_pairs(self.net, self.ckpt, self.seed, idx, self.num_steps, PAIR_STREAM)
             order = np.argsort(s)  # h5py writes need increasing indices
             self.file["eps"][s[order]] = eps.cpu().numpy()[order]
             self.file["x0"][s[order]] = x0.float().cpu().numpy()[order]

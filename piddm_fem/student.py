@@ -28,7 +28,7 @@ from torch import nn
 from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import Normalizer
 from piddm_fem.dual_norm import DSTPoisson, dual_loss
-from piddm_fem.edm import SIGMA_MAX, EDMPrecond, noise_for_indices, sigma_steps
+from piddm_fem.edm import SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
 from piddm_fem.pairs import PairBank
 from piddm_fem.progress import progress_bar
@@ -36,7 +36,6 @@ from piddm_fem.residual import ResidualOperator
 from piddm_fem.teacher import LOG_EVERY, build_network, load_teacher, memory_format, resolve_device, teacher_pairs
 
 OPERATOR_FILE, PAIRS_FILE = "operator.h5", "pairs.h5"
-VAL_SEED_OFFSET = 1_000_003  # validation pairs use a noise stream the bank never draws from
 RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp", "[0, inf)"),
           "pairs": ("--pairs", "[1, inf)"), "teacher_steps": ("--teacher-steps", "[1, inf)"),
           "refresh": ("--refresh", "[0, inf)"), "refresh_fraction": ("refresh_fraction", "(0, 1]"),
@@ -190,8 +189,8 @@ class Distiller:
         self.bank.fill(progress)
         t_val = time.perf_counter()
         val_idx = np.arange(cfg.val_pairs)
-        val_eps, val_x0, _ = teacher_pairs(self.teacher, self.teacher_ckpt, cfg.seed + VAL_SEED_OFFSET,
-                                           val_idx, cfg.teacher_steps)
+        val_eps, val_x0, _ = teacher_pairs(self.teacher, self.teacher_ckpt, cfg.seed, val_idx,
+                                           cfg.teacher_steps, VAL_STREAM)
         val_seconds = time.perf_counter() - t_val
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         t0, interrupted, stats, status = time.perf_counter(), False, {}, ""

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import (DEFAULT_FRACTIONS, FieldDataset, InfiniteSampler, Normalizer,
                             compute_normalizer, open_dataset)
-from piddm_fem.edm import SIGMA_DATA, EDMLoss, EDMPrecond, heun_sample, noise_for_indices
+from piddm_fem.edm import SAMPLE_STREAM, SIGMA_DATA, EDMLoss, EDMPrecond, heun_sample, noise_for_indices
 from piddm_fem.errors import PiddmError
 from piddm_fem.progress import progress_bar
 from piddm_fem.unet import UNet, UNetConfig, padding_for, preset
@@ -359,11 +359,12 @@ def dataset_splits(ckpt: dict, data_path):
     return info, splits
 
 
-def teacher_pairs(net, ckpt: dict, seed: int, indices, num_steps: int = 18):
-    """(eps, x0, nfe) in normalised space for noise indices ``indices``: x0 = Heun ODE of eps."""
+def teacher_pairs(net, ckpt: dict, seed: int, indices, num_steps: int = 18, stream: int = SAMPLE_STREAM):
+    """(eps, x0, nfe) in normalised space for noise indices ``indices`` of ``stream``: x0 = Heun
+    ODE of eps."""
     device = next(net.parameters()).device
     shape = (len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"])
-    eps = noise_for_indices(seed, indices, shape, device=device)
+    eps = noise_for_indices(seed, indices, shape, device=device, stream=stream)
     x0, nfe = heun_sample(net, eps, num_steps)
     return eps, x0, nfe
 

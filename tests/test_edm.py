@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from piddm_fem.edm import EDMLoss, EDMPrecond, heun_sample, noise_for_indices, sigma_steps
+from piddm_fem.edm import (PAIR_STREAM, SAMPLE_STREAM, VAL_STREAM, EDMLoss, EDMPrecond, heun_sample,
+                           noise_for_indices, sigma_steps)
 from piddm_fem.errors import PiddmError
 from piddm_fem.unet import UNet, padding_for, preset
 
@@ -125,6 +126,17 @@ def test_noise_depends_only_on_seed_and_index():
     big = noise_for_indices(1, range(200), shape)
     assert abs(big.mean().item()) < 0.02 and abs(big.std().item() - 1) < 0.02
     assert noise_for_indices(7, [3], shape, dtype=torch.float64).dtype == torch.float64
+
+
+def test_noise_streams_share_no_row():
+    """Distillation pairs (and their validation) are drawn where sampling never draws."""
+    shape = (2, 6, 6)
+    streams = [noise_for_indices(7, range(50), shape, stream=s).flatten(1)
+               for s in (SAMPLE_STREAM, PAIR_STREAM, VAL_STREAM)]
+    torch.testing.assert_close(streams[0], noise_for_indices(7, range(50), shape).flatten(1), rtol=0, atol=0)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert torch.cdist(streams[i], streams[j]).min() > 1.0
 
 
 def _randomised(net):

@@ -119,6 +119,21 @@ def test_pair_bank_resumes_after_interruption(tiny_teacher, tmp_path, monkeypatc
     bank.close(), fresh.close()
     with pytest.raises(PiddmError, match="another teacher, seed or size"):
         PairBank(tmp_path / "p.h5", net, ckpt, 8, 1, 2)
+    with h5py.File(tmp_path / "p.h5", "r+") as f:  # a bank from before the pair stream
+        del f.attrs["stream"]
+    with pytest.raises(PiddmError, match="another teacher, seed or size"):
+        PairBank(tmp_path / "p.h5", net, ckpt, 8, 0, 2)
+
+
+def test_student_is_never_sampled_from_its_training_noise(tiny_student):
+    """The bank's noise (and so the teacher samples it regresses on) is not the noise that
+    `piddm sample` and every evaluation draw from, for the same seed and indices."""
+    ckpt = checkpoint.load(tiny_student, kind="student")
+    with h5py.File(tiny_student / "pairs.h5") as f:
+        bank = torch.from_numpy(f["eps"][:]).flatten(1)
+        top = int(f["noise_index"][:].max()) + 1
+    sampled = student_noise(ckpt, ckpt["config"]["distill"]["seed"], np.arange(top)).flatten(1)
+    assert torch.cdist(bank, sampled).min() > 1.0
 
 
 def test_student_against_another_problem_is_a_clear_error(cli, tiny_student, tmp_path):
