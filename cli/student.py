@@ -19,7 +19,8 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
             out_dir: Path = typer.Option(..., "--out", help="Student run directory."),
             lambda_train: Optional[float] = typer.Option(None, "--lambda-train", help="Residual weight (0: pure distillation)."),
             ramp: Optional[int] = typer.Option(None, "--ramp", help="Steps over which lambda rises from 0."),
-            delay: Optional[int] = typer.Option(None, "--delay", help="Steps with lambda = 0 before the ramp."),
+            delay: Optional[int] = typer.Option(None, "--delay", help="Steps with lambda = 0 before the ramp; the student at that "
+                                                 "step is kept as OUT/physics_start.pt, its lambda = 0 ablation."),
             physics_norm: Optional[str] = typer.Option(None, "--physics-norm", help="l2 (scaled residual) | dual (K0^-1 norm)."),
             physics_channels: Optional[str] = typer.Option(None, "--physics-channels",
                                                            help="all | unknown: channels the penalty's gradient reaches."),

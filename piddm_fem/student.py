@@ -36,6 +36,7 @@ from piddm_fem.residual import ResidualOperator
 from piddm_fem.teacher import LOG_EVERY, build_network, load_teacher, memory_format, resolve_device, teacher_pairs
 
 OPERATOR_FILE, PAIRS_FILE = "operator.h5", "pairs.h5"
+PHYSICS_START = "physics_start.pt"  # with delay_steps: the student at that step, before any penalty
 RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp", "[0, inf)"),
           "pairs": ("--pairs", "[1, inf)"), "teacher_steps": ("--teacher-steps", "[1, inf)"),
           "refresh": ("--refresh", "[0, inf)"), "refresh_fraction": ("refresh_fraction", "(0, 1]"),
@@ -213,6 +214,8 @@ class Distiller:
                     if cfg.refresh and self.step % cfg.refresh == 0:
                         self.bank.refresh(cfg.refresh_fraction, np.random.default_rng([cfg.seed, self.step]))
                         bank = self._resident_bank()
+                    if self.step == cfg.delay_steps:  # pure distillation so far: the lambda = 0 ablation
+                        self.save(PHYSICS_START)
                     if self.step % cfg.val_every == 0 or self.step == steps:
                         stats = self.validate(val_eps.to(self.device), val_x0.to(self.device))
                         self.save(checkpoint.LAST)

@@ -13,7 +13,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.gridmap import GridMap
-from piddm_fem.student import Distiller, Student, distill, load_student, student_noise
+from piddm_fem.student import PHYSICS_START, Distiller, Student, distill, load_student, student_noise
 
 
 def test_dst_solve_matches_a_dense_solve_of_the_assembled_stiffness():
@@ -60,6 +60,21 @@ def test_lambda_waits_for_the_delay_then_ramps(tiny_teacher, darcy_file, tmp_pat
         lams.append(d.lam())
     assert lams == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0]
     d.bank.close()
+
+
+def test_the_student_at_the_delay_is_the_lambda_zero_student(tiny_teacher, darcy_file, tmp_path):
+    """physics_start.pt (the demo's lambda = 0 ablation) is what a lambda = 0 run of delay_steps gives."""
+    common = dict(device="cpu", progress=False, pairs=4, teacher_steps=2, batch=2, val_pairs=2,
+                  val_every=2, refresh=2)
+    distill(tiny_teacher, darcy_file, tmp_path / "a", 4, lambda_train=5.0, delay_steps=2, **common)
+    distill(tiny_teacher, darcy_file, tmp_path / "b", 2, lambda_train=0.0, **common)
+    start = checkpoint.load(tmp_path / "a" / PHYSICS_START, kind="student")
+    plain = checkpoint.load(tmp_path / "b" / checkpoint.LAST, kind="student")
+    final = checkpoint.load(tmp_path / "a" / checkpoint.LAST, kind="student")
+    assert start["step"] == plain["step"] == 2 and final["step"] == 4
+    for k, w in plain["model"].items():
+        torch.testing.assert_close(start["model"][k], w, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(start["model"][k], w) for k, w in final["model"].items())
 
 
 @pytest.mark.parametrize("norm", ["l2", "dual"])
