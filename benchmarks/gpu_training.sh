@@ -42,7 +42,7 @@ s, lam = int(steps), [{"ramp_steps": int(steps) // 4, "batch": 64}]
 # in order of importance (a cut run continues with the next): the demo's recipe, its control, lambda
 # after the regression plateaus (the best CPU trade-off, docs/results.md), the dual norm, k = 4, u only
 variants = [dict(name="l2_1e-2", lambda_train=1e-2, **lam[0]), dict(name="lambda0", lambda_train=0.0, batch=64),
-            dict(name="l2_3e-2_delay", lambda_train=3e-2, delay_steps=s // 2, ramp_steps=s // 8, batch=64),
+            dict(name="l2_2e-2_delay", lambda_train=2e-2, delay_steps=s // 2, ramp_steps=s // 8, batch=64),
             dict(name="dual_10", lambda_train=10.0, physics_norm="dual", **lam[0]),
             dict(name="k4_l2_1e-2", lambda_train=1e-2, k_steps=4, **lam[0]),
             dict(name="l2_1e-1_u", lambda_train=1e-1, physics_channels="unknown", **lam[0])]
