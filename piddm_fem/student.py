@@ -170,14 +170,14 @@ class Distiller:
             physics = self.operator.loss(x)
         return regression, physics
 
-    def checkpoint_dict(self) -> dict:
+    def checkpoint_dict(self, cfg: DistillConfig | None = None) -> dict:
         t = self.teacher_ckpt
         weights = self.student.net.state_dict()
         return {"kind": "student", "problem": t["problem"], "resolution": t["resolution"],
                 "channels": t["channels"], "params": t.get("params", {}),
                 "boundary": checkpoint.boundary(t), "meta": checkpoint.meta(t),
                 "normalization": t["normalization"],
-                "config": {**t["config"], "distill": asdict(self.cfg)},
+                "config": {**t["config"], "distill": asdict(cfg or self.cfg)},
                 "teacher": {"path": str(self.teacher_path), "step": t["step"],
                             "version": t.get("version")},
                 "model": weights, "ema": weights, "optimizer": self.opt.state_dict(),
@@ -215,7 +215,7 @@ class Distiller:
                         self.bank.refresh(cfg.refresh_fraction, np.random.default_rng([cfg.seed, self.step]))
                         bank = self._resident_bank()
                     if self.step == cfg.delay_steps:  # pure distillation so far: the lambda = 0 ablation
-                        self.save(PHYSICS_START)
+                        self.save(PHYSICS_START, replace(cfg, lambda_train=0.0, delay_steps=0, ramp_steps=0))
                     if self.step % cfg.val_every == 0 or self.step == steps:
                         stats = self.validate(val_eps.to(self.device), val_x0.to(self.device))
                         self.save(checkpoint.LAST)
@@ -253,8 +253,9 @@ class Distiller:
             self.save(checkpoint.BEST)
         return stats
 
-    def save(self, name: str) -> None:
-        checkpoint.save(self.out_dir / name, self.checkpoint_dict())
+    def save(self, name: str, cfg: DistillConfig | None = None) -> None:
+        """Write a checkpoint; ``cfg`` records other settings than the run's (physics_start.pt)."""
+        checkpoint.save(self.out_dir / name, self.checkpoint_dict(cfg))
 
 
 def distill(teacher_dir, data_path, out_dir, steps: int, device: str = "auto", resume: bool = False,

@@ -72,6 +72,7 @@ def test_the_student_at_the_delay_is_the_lambda_zero_student(tiny_teacher, darcy
     plain = checkpoint.load(tmp_path / "b" / checkpoint.LAST, kind="student")
     final = checkpoint.load(tmp_path / "a" / checkpoint.LAST, kind="student")
     assert start["step"] == plain["step"] == 2 and final["step"] == 4
+    assert start["config"]["distill"]["lambda_train"] == 0.0  # what `piddm compare` lists for the row
     for k, w in plain["model"].items():
         torch.testing.assert_close(start["model"][k], w, rtol=1e-6, atol=1e-7)
     assert any(not torch.equal(start["model"][k], w) for k, w in final["model"].items())
