@@ -29,6 +29,7 @@ timeout 380 python3 - "$DATA/darcy64.h5" "$RUN" "$DEVICE" "$TEACHER_SECONDS" "$S
 import json, subprocess, sys
 from pathlib import Path
 from piddm_pipeline import train_on_budget
+from piddm_fem.student import late_physics
 from piddm_fem.teacher import sample_teacher
 data, run, device, seconds, size, steps, pairs, n = sys.argv[1:]
 budget = Path(run) / "teacher_budget.json"
@@ -42,9 +43,9 @@ s, lam = int(steps), [{"ramp_steps": int(steps) // 4, "batch": 64}]
 # in order of importance (a cut run continues with the next): the demo's recipe (lambda after the
 # regression is learned, through u only; docs/results.md), its control, the same through every
 # channel, lambda from step 0, k = 4, the dual norm
-late = dict(lambda_train=2e-2, delay_steps=s // 2, ramp_steps=s // 8, batch=64)
-variants = [dict(name="l2_2e-2_delay_u", physics_channels="unknown", **late), dict(name="lambda0", lambda_train=0.0, batch=64),
-            dict(name="l2_2e-2_delay", **late), dict(name="l2_1e-2", lambda_train=1e-2, **lam[0]),
+late = {**late_physics(s, 2e-2), "batch": 64}
+variants = [dict(name="l2_2e-2_delay_u", **late), dict(name="lambda0", lambda_train=0.0, batch=64),
+            dict(name="l2_2e-2_delay", **{**late, "physics_channels": "all"}), dict(name="l2_1e-2", lambda_train=1e-2, **lam[0]),
             dict(name="k4_l2_1e-2", lambda_train=1e-2, k_steps=4, **lam[0]),
             dict(name="dual_10", lambda_train=10.0, physics_norm="dual", **lam[0])]
 for v in variants:

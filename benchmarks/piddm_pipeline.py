@@ -1,7 +1,8 @@
 """The comparison from a dataset alone (torch only unless --fem): train a teacher on a time budget
-(or take --teacher), distil the PIDDM student and its lambda_train = 0 ablation from one pair bank,
-then `piddm compare` every method on that teacher over the seeds: OUT/compare.json, compare.md
-and figures. This is the GPU protocol (benchmarks/gpu_compare.sh) and runs as well on the CPU.
+(or take --teacher), distil the PIDDM student with the demo's schedule (`student.late_physics`:
+its step at half-way, before the penalty, is the lambda_train = 0 ablation), then `piddm compare`
+every method on that teacher over the seeds: OUT/compare.json, compare.md and figures. This is the
+GPU protocol (benchmarks/gpu_session.sh) and runs as well on the CPU.
 
     python benchmarks/piddm_pipeline.py --data darcy64.h5 --out runs/d64 --train-teacher-seconds 150 \
         --size small --seeds 0 1 2 --distill-steps 500 --device cuda
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from piddm_fem.evaluation import compare, load_setup, make_budget
 from piddm_fem.report import write_compare
-from piddm_fem.student import distill, share_pair_bank
+from piddm_fem.student import PHYSICS_START, distill, late_physics
 from piddm_fem.teacher import train_teacher
 
 def train_on_budget(data, out, seconds: float, size: str, batch: int, device: str, probe: int = 20) -> dict:
@@ -52,7 +53,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--distill-steps", type=int, default=400)
     p.add_argument("--distill-batch", type=int, default=32)
-    p.add_argument("--lambda-train", type=float, default=1e-2)
+    p.add_argument("--lambda-train", type=float, default=2e-2)
     p.add_argument("--pairs", type=int, default=512)
     p.add_argument("--methods", help="comma-separated (default: all)")
     p.add_argument("--compare-out", help="where compare.json/md and figures go [OUT]")
@@ -71,18 +72,17 @@ def main(argv=None) -> dict:
         costs["teacher"] = train_on_budget(args.data, teacher, args.train_teacher_seconds, args.size, args.batch,
                                            args.device, args.probe_steps)
         print("teacher:", json.dumps(costs["teacher"]), flush=True)
-    students = {"PIDDM": out / "student", "lambda=0": out / "student_lambda0"}
+    students = {"PIDDM": out / "student", "lambda=0": out / "student" / PHYSICS_START}
     budget = make_budget(teacher, args.quick, guidance_steps=args.guidance_steps, n_eval=args.n_eval,
                          task_problems=args.task_problems)
-    for name, lam in (("PIDDM", args.lambda_train), ("lambda=0", 0.0)):
-        d = students[name]
-        if (d / "last.pt").exists():
-            continue
-        share_pair_bank(students["PIDDM"], d)
-        steps = args.distill_steps
-        distill(teacher, args.data, d, steps, device=args.device, progress=False, lambda_train=lam,
-                pairs=args.pairs, teacher_steps=budget.heun_steps, batch=args.distill_batch,
-                ramp_steps=steps // 4, refresh=max(1, steps // 4), val_every=max(1, steps // 4))
+    if not (out / "student" / "done").exists():  # the demo's recipe; lambda = 0 is its first half
+        stats = distill(teacher, args.data, out / "student", args.distill_steps, device=args.device,
+                        resume=(out / "student" / "last.pt").exists(), progress=False, pairs=args.pairs,
+                        teacher_steps=budget.heun_steps, batch=args.distill_batch,
+                        **late_physics(args.distill_steps, args.lambda_train))
+        if stats["interrupted"]:
+            raise KeyboardInterrupt
+        (out / "student" / "done").write_text(json.dumps(stats))
     where = Path(args.compare_out or out)
     setup = load_setup(args.data, teacher, students, budget, args.device, where)
     doc = compare(setup, args.methods.split(",") if args.methods else None, args.seeds, fem=args.fem)

@@ -20,15 +20,14 @@ out = Console(soft_wrap=True)
 # The embedded default: the first registered problem (solvers/__init__.py: Darcy flow) at S = 33.
 DEFAULT = {"res": 33, "n_samples": 1000, "seed": 0,
            "teacher_steps": 1000, "teacher_size": "tiny", "teacher_batch": 32,
-           "heun_steps": 18, "pairs": 256, "distill_steps": 2000, "delay_steps": 1000, "ramp_steps": 250,
-           "lambda_train": 2e-2, "physics_channels": "unknown",
+           "heun_steps": 18, "pairs": 256, "distill_steps": 2000, "lambda_train": 2e-2,
            "n_eval": 64, "refine_steps": 40, "lambda_infer": 1e-2,
            "task_problems": 8, "restarts": 4, "task_steps": 100, "task_lambda": 1e-3,
            "guidance_steps": 50, "fno_seconds": 60.0}
 DEMO_BUDGET = ("n_eval", "heun_steps", "refine_steps", "lambda_infer", "task_problems", "restarts",
                "task_steps", "task_lambda", "guidance_steps", "fno_seconds")  # the evaluation settings above (piddm_fem.evaluation.Budget)
 QUICK = {**DEFAULT, "res": 17, "n_samples": 40, "teacher_steps": 20, "heun_steps": 4, "pairs": 16,
-         "distill_steps": 10, "delay_steps": 5, "ramp_steps": 2, "n_eval": 8, "refine_steps": 3, "task_problems": 2, "restarts": 2,
+         "distill_steps": 10, "n_eval": 8, "refine_steps": 3, "task_problems": 2, "restarts": 2,
          "task_steps": 3, "guidance_steps": 4, "fno_seconds": 1.0}
 
 
@@ -96,17 +95,13 @@ def _teacher(cfg, data, teacher_dir, device):
 
 
 def _distill(cfg, data, teacher_dir, student_dir, device):
-    """Pure distillation for delay_steps, then the penalty, through the unknown's channel only,
-    ramped up to lambda_train (the best trade-off measured, docs/results.md); physics_start.pt is
-    the lambda = 0 ablation."""
-    from piddm_fem.student import distill
+    """``late_physics``: the penalty after the regression is learned; physics_start.pt is the
+    lambda = 0 ablation."""
+    from piddm_fem.student import distill, late_physics
 
     stats = distill(teacher_dir, data, student_dir, cfg["distill_steps"], device=device,
-                    resume=(student_dir / "last.pt").exists(), lambda_train=cfg["lambda_train"],
-                    pairs=cfg["pairs"], teacher_steps=cfg["heun_steps"], delay_steps=cfg["delay_steps"],
-                    ramp_steps=cfg["ramp_steps"], physics_channels=cfg["physics_channels"],
-                    val_every=max(1, cfg["distill_steps"] // 4),
-                    refresh=max(1, cfg["distill_steps"] // 4))
+                    resume=(student_dir / "last.pt").exists(), pairs=cfg["pairs"],
+                    teacher_steps=cfg["heun_steps"], **late_physics(cfg["distill_steps"], cfg["lambda_train"]))
     if stats["interrupted"]:
         raise KeyboardInterrupt
     (student_dir / "done").write_text(json.dumps(stats))

@@ -184,15 +184,18 @@ def write_compare(out_dir, doc: dict) -> dict:
 
 def write_report(out_dir, cfg: dict, doc: dict, timings: dict) -> Path:
     """The demo's report.md: the settings, the comparison's tables and the stage costs."""
+    from piddm_fem.student import late_physics
+
     out_dir = Path(out_dir)
+    late = late_physics(cfg["distill_steps"], cfg["lambda_train"])
     lines = ["# piddm-fem demo report", "",
              f"{doc['display_name']} at S = {cfg['res']} ({cfg['n_samples']} Firedrake samples), a "
              f"`{cfg['teacher_size']}` teacher trained {cfg['teacher_steps']} steps, a one-step student "
              f"distilled {cfg['distill_steps']} steps from {cfg['pairs']} pairs: pure distillation for "
-             f"{cfg['delay_steps']} steps, then the residual penalty (its gradient through the "
-             f"{'unknown only' if cfg['physics_channels'] == 'unknown' else 'every channel'}) ramped over "
-             f"{cfg['ramp_steps']} steps to lambda_train = {cfg['lambda_train']:g}. Its lambda_train = 0 ablation is the same run at step "
-             f"{cfg['delay_steps']}, before the penalty starts. Every baseline runs on the same teacher.", "",
+             f"{late['delay_steps']} steps, then the residual penalty (its gradient through the unknown "
+             f"only) ramped over {late['ramp_steps']} steps to lambda_train = {cfg['lambda_train']:g}. Its "
+             f"lambda_train = 0 ablation is the same run at step {late['delay_steps']}, before the penalty "
+             "starts. Every baseline runs on the same teacher.", "",
              compare_markdown(doc).split("\n", 1)[1], "## Cost of the stages (seconds on this machine)", "",
              "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]

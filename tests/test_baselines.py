@@ -237,8 +237,9 @@ def test_report_is_keyed_by_the_dataset_channels():
 
 @pytest.mark.firedrake
 def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
-    """benchmarks/piddm_pipeline.py (what benchmarks/gpu_compare.sh runs): a teacher on a time
-    budget whose probe start-up is not counted, both students, compare.json."""
+    """benchmarks/piddm_pipeline.py (what benchmarks/gpu_session.sh runs): a teacher on a time
+    budget whose probe start-up is not counted, the student and its first half as lambda = 0,
+    compare.json."""
     import importlib.util
     from pathlib import Path
 
@@ -249,13 +250,14 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
     out = tmp_path / "run"
     doc = pipeline.main(["--data", str(darcy20 / "data.h5"), "--out", str(out), "--train-teacher-seconds", "3",
                          "--probe-steps", "2", "--batch", "4", "--distill-steps", "2", "--pairs", "4",
-                         "--distill-batch", "4", "--quick", "--seeds", "0", "--methods", "teacher,PIDDM-1,eci,fno",
+                         "--distill-batch", "4", "--quick", "--seeds", "0", "--methods", "teacher,PIDDM-1,lambda=0,eci,fno",
                          "--device", "cpu"])
     teacher = doc["pipeline"]["costs"]["teacher"]
     # the budget is training time after the probe's warm-up, not wall time with start-up
     assert 0.9 * 3 <= teacher["trained_seconds"] <= 2 * 3 and teacher["step"] > 4
     saved = json.loads((out / "compare.json").read_text())
-    assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "eci", "fno"]
+    assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "lambda=0", "eci", "fno"]
+    assert saved["methods"][2]["settings"]["lambda_train"] == 0.0
 
 
 def test_claims_report_a_failure_with_the_numbers():
