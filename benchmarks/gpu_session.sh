@@ -1,31 +1,53 @@
 #!/usr/bin/env bash
 # The GPU measurement session, one 10-minute run through the device tool (torch only, no Firedrake
-# there): residual-operator throughput, then the issue-14 comparison (benchmarks/piddm_pipeline.py):
-# a teacher trained on a time budget (warm-up not counted), the PIDDM student and its
-# lambda_train = 0 ablation, and every method of `piddm compare` on that teacher over 3 seeds; then
-# the cost of DiffusionPDE's default 2000-step guided sampling for the speed claim.
+# there), in order of cost:
+# 1. residual-operator throughput, stencil and general paths (issue 11, part 2);
+# 2. training throughput, the plain path beside the fast path and each option (issue 11, part 1;
+#    benchmarks/train_throughput.py with torch.compile);
+# 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
+#    budget (warm-up not counted), the PIDDM student on the demo's schedule (its step at half-way is
+#    the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds.
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
-# is 40 MB), op128.h5. Results in $OUT: compare.json/md and figures, compare2000.json, logs.
-# Tested at tiny size on the CPU: tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
+# is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt, pipeline.txt,
+# compare.md, 64 samples of the teacher and of PIDDM-1 (seed 0: `piddm validate` them here), and
+# results.tgz with the JSON (compare, throughput, rows_seed<k> of each finished seed) and figures.
+# Rerunnable: the run stops itself at $LIMIT seconds (Ctrl-C to the pipeline, which saves its
+# state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
+# called again at once, skips the finished parts and continues the comparison at its first
+# unfinished seed. Tested at tiny size on the CPU:
+# tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda}
-TEACHER_SECONDS=${TEACHER_SECONDS:-150} SIZE=${SIZE:-small} STEPS=${STEPS:-500} PAIRS=${PAIRS:-1024}
-GUIDANCE=${GUIDANCE:-250} RUN=${RUN:-/tmp/p64}
-mkdir -p "$OUT" /tmp/pkg/piddm_fem
+DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-570}
+TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-1000} PAIRS=${PAIRS:-4096}
+GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-16} TSTEPS=${TSTEPS:-50}
+METHODS=${METHODS:-teacher,PIDDM-1,PIDDM-ref,lambda=0,diffusionpde-weak,dps-weak,eci,direct}
+COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/p64}
+mkdir -p "$OUT" "$RUN" /tmp/pkg/piddm_fem
 # the package without pip: piddm_fem plus cli/ and solvers/ at their installed names
 cp -r piddm_fem/. /tmp/pkg/piddm_fem/ && cp -r cli /tmp/pkg/piddm_fem/cli && cp -r solvers /tmp/pkg/piddm_fem/solvers
-export PYTHONPATH=/tmp/pkg
+export PYTHONPATH=/tmp/pkg:benchmarks
+left() { echo $((LIMIT - SECONDS)); }
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-timeout 60 python3 benchmarks/residual_throughput.py --operator "$DATA/darcy64.h5" --operator "$DATA/op128.h5" \
-  2>&1 | tee "$OUT/residual.txt"
-timeout 420 python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" --device "$DEVICE" \
-  --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 --distill-steps "$STEPS" \
-  --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval 128 --task-problems 16 \
-  2>&1 | grep -v "━" | tee "$OUT/pipeline.txt"
-cp "$RUN"/compare.json "$RUN"/compare.md "$RUN"/*.png "$OUT/"
-# DiffusionPDE's default: 2000 guided Heun steps (3999 NFE), for the per-sample cost only
-timeout 100 python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" --compare-out "$RUN/g2000" \
-  --device "$DEVICE" --seeds 0 --methods dps-weak,PIDDM-1 --guidance-steps 2000 --n-eval 16 2>&1 | grep -v "━" | tee "$OUT/g2000.txt"
-cp "$RUN/g2000/compare.json" "$OUT/compare2000.json"
+if [ ! -f "$RUN/residual.txt" ]; then
+  timeout 60 python3 benchmarks/residual_throughput.py --operator "$DATA/darcy64.h5" --operator "$DATA/op128.h5" \
+    2>&1 | tee "$RUN/residual.txt"
+fi
+if [ ! -f "$RUN/throughput.txt" ]; then
+  timeout 150 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
+    --steps "$TSTEPS" --warmup 15 $COMPILE --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
+fi
+timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" \
+  --device "$DEVICE" --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 \
+  --distill-steps "$STEPS" --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" \
+  --task-problems "$PROBLEMS" --methods "$METHODS" 2>&1 | grep -v "━" | tee -a "$RUN/pipeline.txt"
+# samples (seed 0) for `piddm validate` back on the Firedrake machine
+if [ -f "$RUN/student/done" ] && [ ! -f "$RUN/samples_piddm1.h5" ]; then
+  timeout 60 python3 -c "import sys; from piddm_fem.teacher import sample_teacher; from piddm_fem.student import sample_student
+r, d = sys.argv[1:]; sample_teacher(r + '/teacher', 64, 18, 0, r + '/samples_teacher.h5', device=d, progress=False)
+sample_student(r + '/student', 64, 0, out_path=r + '/samples_piddm1.h5', device=d)" "$RUN" "$DEVICE"
+fi
+# at most 8 files come back: the text files, the samples, and everything else in one archive
+(cd "$RUN" && tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='*.h5' ./*.json ./*.md ./*.png ./*.txt student/done 2>/dev/null)
+cp "$RUN"/residual.txt "$RUN"/throughput.txt "$RUN"/pipeline.txt "$RUN"/compare.md "$RUN"/samples_*.h5 "$OUT"/ 2>/dev/null
 ls -la "$OUT"

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# The GPU session for issues 11 and 12, one 10-minute run through the device tool (torch only):
-# 1. training throughput, the plain path beside the fast path and each option
-#    (benchmarks/train_throughput.py, with torch.compile);
-# 2. a teacher trained on a time budget with the fast path (benchmarks/piddm_pipeline.py's
-#    train_on_budget), its samples, then the distillation ablation of issue 12 on one pair bank
-#    (benchmarks/distill_ablation.py): l2 after a delay (through u only, and every channel), lambda = 0,
-#    l2 from the start, a 4-step student, the dual norm.
-# Inputs in $DATA: darcy64.h5 with its operator. Results in $OUT: throughput.json/txt,
-# ablation.jsonl, logs. At tiny size on the CPU (python3 with torch on PATH): SIZE=tiny
-# TEACHER_SECONDS=5 STEPS=2 PAIRS=8 N=8 TSTEPS=2 DEVICE=cpu COMPILE= DATA=... bash benchmarks/gpu_training.sh
+# Issue 12's distillation ablation on the GPU, one 10-minute run through the device tool (torch
+# only): a teacher trained on a time budget (benchmarks/piddm_pipeline.py's train_on_budget), its
+# samples, then benchmarks/distill_ablation.py on one pair bank: l2 after a delay (through u only,
+# and every channel), lambda = 0, l2 from the start, a 4-step student, the dual norm. (Training
+# throughput, issue 11, is in benchmarks/gpu_session.sh.)
+# Inputs in $DATA: darcy64.h5 with its operator. Results in $OUT: ablation.jsonl, logs. At tiny size
+# on the CPU (python3 with torch on PATH): SIZE=tiny TEACHER_SECONDS=5 STEPS=2 PAIRS=8 N=8
+# DEVICE=cpu DATA=... bash benchmarks/gpu_training.sh
 # Rerunnable: finished parts are kept in $RUN (default /tmp/t64, on the device machine while it
 # stays warm) and skipped, so if a run is cut by its time limit the same command, called again at
 # once on the warm machine, continues with the next unfinished part.
@@ -16,16 +14,11 @@ set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} SIZE=${SIZE:-small}
 TEACHER_SECONDS=${TEACHER_SECONDS:-150} STEPS=${STEPS:-1000} PAIRS=${PAIRS:-4096} N=${N:-128}
-TSTEPS=${TSTEPS:-100} COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/t64}
+RUN=${RUN:-/tmp/t64}
 mkdir -p "$OUT" "$RUN" /tmp/pkg/piddm_fem
 cp -r piddm_fem/. /tmp/pkg/piddm_fem/ && cp -r cli /tmp/pkg/piddm_fem/cli && cp -r solvers /tmp/pkg/piddm_fem/solvers
 export PYTHONPATH=/tmp/pkg:benchmarks
-if [ ! -f "$RUN/throughput.json" ]; then
-  timeout 200 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
-    --steps "$TSTEPS" --warmup 20 $COMPILE --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
-fi
-cp "$RUN"/throughput.* "$OUT"/ 2>/dev/null
-timeout 380 python3 - "$DATA/darcy64.h5" "$RUN" "$DEVICE" "$TEACHER_SECONDS" "$SIZE" "$STEPS" "$PAIRS" "$N" <<'PY' 2>&1 | grep -v "━" | tee "$OUT/ablation.txt"
+timeout 560 python3 - "$DATA/darcy64.h5" "$RUN" "$DEVICE" "$TEACHER_SECONDS" "$SIZE" "$STEPS" "$PAIRS" "$N" <<'PY' 2>&1 | grep -v "━" | tee "$OUT/ablation.txt"
 import json, subprocess, sys
 from pathlib import Path
 from piddm_pipeline import train_on_budget

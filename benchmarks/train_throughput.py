@@ -58,6 +58,19 @@ def step_flops(step) -> float:
     return float(counter.get_total_flops())
 
 
+def report(row: dict, json_path) -> None:
+    """Print ``row`` as soon as it is measured and append it to ``json_path`` (rewritten
+    atomically), so that a run cut by its time limit keeps every row it finished."""
+    print(f"measured {row['network']} {row['size']} {row['variant']}: {row['it/s']:.2f} it/s", flush=True)
+    if json_path:
+        path = Path(json_path)
+        doc = json.loads(path.read_text())
+        doc["rows"].append(row)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -75,6 +88,8 @@ def main() -> None:
     variants = {"plain": dict.fromkeys(OPTIONS, False), "fast": fast}
     variants.update({f"fast - {k}": {**fast, k: False} for k in OPTIONS if fast[k]})
     peak = next((v for k, v in PEAK_BF16.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
+    if args.json:  # a fresh file, which every measured row is added to
+        Path(args.json).write_text(json.dumps({"device": str(device), "batch": args.batch, "rows": []}))
     work = Path(tempfile.mkdtemp(prefix="throughput_"))
     rows = []
     try:
@@ -89,9 +104,12 @@ def main() -> None:
                 rate = timed(lambda: t.train_step(next(batches)), not v["no_sync"], args.steps, args.warmup, device)
                 row = {"network": "teacher", "size": size, "variant": name, "it/s": rate,
                        "samples/s": rate * args.batch}
+                if name == "plain":  # counted uncompiled; every variant does the same arithmetic
+                    flops = step_flops(lambda: t.train_step(next(batches)))
                 if name in ("plain", "fast"):
-                    row["tflops"] = step_flops(lambda: t.train_step(next(batches))) * rate / 1e12
+                    row["tflops"] = flops * rate / 1e12
                 rows.append(row)
+                report(row, args.json)
                 if name in ("fast - resident", "fast - fused", "fast - compile"):
                     continue  # teacher-only options: the student keeps its pairs on the device, fuses on CUDA
                 d = Distiller(base, args.data, out / "student", {"batch": args.batch, "pairs": args.batch, "teacher_steps": 2,
@@ -110,6 +128,7 @@ def main() -> None:
                 rate = timed(student_step, not v["no_sync"], args.steps, args.warmup, device)
                 rows.append({"network": "student", "size": size, "variant": name, "it/s": rate,
                              "samples/s": rate * args.batch})
+                report(rows[-1], args.json)
                 d.bank.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -125,8 +144,6 @@ def main() -> None:
                     extra = f"  {r['tflops']:.2f} TFLOP/s" + (f" ({100 * r['tflops'] * 1e12 / peak:.1f}% of bf16 peak)" if peak else "")
                 print(f"{net:8s} {size:6s} {r['variant']:22s} {r['it/s']:8.2f} it/s {r['samples/s']:9.1f} samples/s "
                       f"x{r['it/s'] / plain:5.2f}{extra}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "batch": args.batch, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
