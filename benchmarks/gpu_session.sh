@@ -14,13 +14,17 @@
 # Rerunnable: the run stops itself at $LIMIT seconds (Ctrl-C to the pipeline, which saves its
 # state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
 # called again at once, skips the finished parts and continues the comparison at its first
-# unfinished seed. Tested at tiny size on the CPU:
+# unfinished seed. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s, teacher 138 s
+# wall, pair bank + distillation 182 s, the comparison about 110 s per seed at 16 task problems
+# (hence 8 now). So: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s 590), then at once, on
+# the warm machine, the same with LIMIT set to what is left (about 200 s of a 15-minute budget).
+# Tested at tiny size on the CPU:
 # tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-570}
 TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-1000} PAIRS=${PAIRS:-4096}
-GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-16} TSTEPS=${TSTEPS:-50}
+GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-8} TSTEPS=${TSTEPS:-50}
 METHODS=${METHODS:-teacher,PIDDM-1,PIDDM-ref,lambda=0,diffusionpde-weak,dps-weak,eci,direct}
 COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/p64}
 mkdir -p "$OUT" "$RUN" /tmp/pkg/piddm_fem

@@ -4,7 +4,8 @@ Firedrake's assemble loop, side by side in one run.
 Prints fields/s at S = 64 and 128 for a batch of B = 256 random Darcy fields: the stencil path
 (structured grid: shifted slices), the general path (gather, einsum, index_add) on the same operator,
 in float64 and float32, and the Firedrake assemble loop (per sample), with their ratios; CUDA rows
-when a GPU is present. Each rate is the best of repeated timings (the machine may be shared), and
+when a GPU is present, eager and under torch.compile (on the H200 the eager stencil path ran at the
+same ~0.3M fields/s at S = 64 and 128: launch-bound, docs/results.md). Each rate is the best of repeated timings (the machine may be shared), and
 the load average is printed beside it. Without Firedrake (a GPU node), pass operator files
 exported beforehand:
     python benchmarks/residual_throughput.py --operator op64.h5 --operator op128.h5
@@ -75,6 +76,14 @@ def bench(op: dict, B: int, assemble_loop=None, chunks=()) -> None:
                         torch.cuda.synchronize()
 
                     rows[f"{path} cuda {name}"] = rate(run, B)
+                fused = torch.compile(gop.raw)  # one launch-bound chain of small kernels fused
+                y = gx.to(torch.float32)
+
+                def run_compiled():
+                    fused(y)
+                    torch.cuda.synchronize()
+
+                rows[f"{path} cuda f32 compiled"] = rate(run_compiled, B)
                 op_.to("cpu")
     if assemble_loop is not None:
         n = 16

@@ -2,8 +2,10 @@
 plain path beside the fast path and each option alone, in one run on one device (issue 11).
 
 Variants: "plain" = DataLoader batches, contiguous layout, unfused optimizer, no compile, the loss
-read on the host every step (as before issue 11); "fast" = every option on; and "fast - X" drops
-one option. On CUDA, bf16 autocast (the trainer's), and the achieved TFLOP/s from
+read on the host every step (as before issue 11); "eager" = every option on but compile; "fast" =
+eager plus torch.compile (with --compile; compiled once, which is most of a short run's cost); and
+"eager - X" drops one option. Each row is printed (and added to --json) as soon as it is measured,
+so that a run cut by a time limit keeps the rows it finished. On CUDA, bf16 autocast (the trainer's), and the achieved TFLOP/s from
 torch.utils.flop_counter against the GPU's dense bf16 peak. torch only: the data file (with its
 residual operator, for the student) is generated beforehand with Firedrake and carried along.
 
@@ -83,10 +85,12 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
     device = resolve_device(args.device)
-    fast = {"resident": True, "channels_last": True, "fused": device.type == "cuda", "compile": args.compile,
-            "no_sync": True}
-    variants = {"plain": dict.fromkeys(OPTIONS, False), "fast": fast}
-    variants.update({f"fast - {k}": {**fast, k: False} for k in OPTIONS if fast[k]})
+    eager = {"resident": True, "channels_last": True, "fused": device.type == "cuda", "compile": False,
+             "no_sync": True}
+    variants = {"plain": dict.fromkeys(OPTIONS, False), "eager": eager}
+    if args.compile:  # compiled once: the options are ablated on the eager path
+        variants["fast"] = {**eager, "compile": True}
+    variants.update({f"eager - {k}": {**eager, k: False} for k in OPTIONS if eager[k]})
     peak = next((v for k, v in PEAK_BF16.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
     if args.json:  # a fresh file, which every measured row is added to
         Path(args.json).write_text(json.dumps({"device": str(device), "batch": args.batch, "rows": []}))
@@ -95,7 +99,7 @@ def main() -> None:
     try:
         for size in args.sizes:
             base = work / f"teacher_{size}"
-            train_teacher(args.data, base, steps=1, batch=args.batch, size=size, device=str(device), progress=False)
+            train_teacher(args.data, base, steps=1, batch=args.batch, size=size, device=device.type, progress=False)
             for name, v in variants.items():
                 out = work / f"{size}_{name.replace(' ', '')}"
                 t = TeacherTrainer(args.data, out, dict(settings(v), batch=args.batch, size=size, val_every=10**9),
@@ -106,11 +110,11 @@ def main() -> None:
                        "samples/s": rate * args.batch}
                 if name == "plain":  # counted uncompiled; every variant does the same arithmetic
                     flops = step_flops(lambda: t.train_step(next(batches)))
-                if name in ("plain", "fast"):
+                if name in ("plain", "eager", "fast"):
                     row["tflops"] = flops * rate / 1e12
                 rows.append(row)
                 report(row, args.json)
-                if name in ("fast - resident", "fast - fused", "fast - compile"):
+                if name in ("eager - resident", "eager - fused", "fast"):
                     continue  # teacher-only options: the student keeps its pairs on the device, fuses on CUDA
                 d = Distiller(base, args.data, out / "student", {"batch": args.batch, "pairs": args.batch, "teacher_steps": 2,
                                                                  "channels_last": v["channels_last"]}, device, False)
