@@ -2,8 +2,8 @@
 # The GPU measurement session, one 10-minute run through the device tool (torch only, no Firedrake
 # there), in order of cost:
 # 1. residual-operator throughput, stencil and general paths (issue 11, part 2);
-# 2. training throughput, the plain path beside the fast path and each option (issue 11, part 1;
-#    benchmarks/train_throughput.py with torch.compile);
+# 2. training throughput, the plain path beside the fast path and each option, and a profile of the
+#    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile);
 # 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
 #    budget (warm-up not counted), the PIDDM student on the demo's schedule (its step at half-way is
 #    the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds.
@@ -39,7 +39,7 @@ if [ ! -f "$RUN/residual.txt" ]; then
 fi
 if [ ! -f "$RUN/throughput.txt" ]; then
   timeout 150 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
-    --steps "$TSTEPS" --warmup 15 $COMPILE --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
+    --steps "$TSTEPS" --warmup 15 $COMPILE --profile --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
 fi
 timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" \
   --device "$DEVICE" --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 \

@@ -10,7 +10,7 @@ torch.utils.flop_counter against the GPU's dense bf16 peak. torch only: the data
 residual operator, for the student) is generated beforehand with Firedrake and carried along.
 
     python benchmarks/train_throughput.py --data darcy64.h5 [--sizes tiny small] [--batch 64]
-        [--steps 60] [--warmup 15] [--compile] [--json out.json]
+        [--steps 60] [--warmup 15] [--compile] [--json out.json] [--profile]
 """
 
 from __future__ import annotations
@@ -60,6 +60,24 @@ def step_flops(step) -> float:
     return float(counter.get_total_flops())
 
 
+def profile(step, device, label: str, steps: int = 5, rows: int = 15) -> None:
+    """Print the ops that take the most (device, else CPU) self time over ``steps`` calls of
+    ``step``: where a step's time goes, when the achieved TFLOP/s are far below the peak."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profiler(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    print(f"\nprofile of {steps} {label} steps:")
+    print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                    row_limit=rows, max_name_column_width=60), flush=True)
+
+
 def report(row: dict, json_path) -> None:
     """Print ``row`` as soon as it is measured and append it to ``json_path`` (rewritten
     atomically), so that a run cut by its time limit keeps every row it finished."""
@@ -83,6 +101,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast path")
     p.add_argument("--device", default="auto")
     p.add_argument("--json")
+    p.add_argument("--profile", action="store_true", help="print the top ops of the eager teacher and student steps")
     args = p.parse_args()
     device = resolve_device(args.device)
     eager = {"resident": True, "channels_last": True, "fused": device.type == "cuda", "compile": False,
@@ -114,6 +133,8 @@ def main() -> None:
                     row["tflops"] = flops * rate / 1e12
                 rows.append(row)
                 report(row, args.json)
+                if args.profile and name == "eager":
+                    profile(lambda: t.train_step(next(batches)), device, f"eager teacher {size}")
                 if name in ("eager - resident", "eager - fused", "fast"):
                     continue  # teacher-only options: the student keeps its pairs on the device, fuses on CUDA
                 d = Distiller(base, args.data, out / "student", {"batch": args.batch, "pairs": args.batch, "teacher_steps": 2,
@@ -133,6 +154,8 @@ def main() -> None:
                 rows.append({"network": "student", "size": size, "variant": name, "it/s": rate,
                              "samples/s": rate * args.batch})
                 report(rows[-1], args.json)
+                if args.profile and name == "eager":
+                    profile(student_step, device, f"eager student {size}")
                 d.bank.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
