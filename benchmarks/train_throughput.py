@@ -4,7 +4,7 @@ plain path beside the fast path and each option alone, in one run on one device 
 Variants: "plain" = DataLoader batches, contiguous layout, unfused optimizer, no compile, the loss
 read on the host every step (as before issue 11); "eager" = every option on but compile; "fast" =
 eager plus torch.compile (with --compile; compiled once, which is most of a short run's cost); and
-"eager - X" drops one option. Each row is printed (and added to --json) as soon as it is measured,
+"eager - X" drops one option; on CUDA "eager + autotune" adds cuDNN's algorithm search. Each row is printed (and added to --json) as soon as it is measured,
 so that a run cut by a time limit keeps the rows it finished. On CUDA, bf16 autocast (the trainer's), and the achieved TFLOP/s from
 torch.utils.flop_counter against the GPU's dense bf16 peak. torch only: the data file (with its
 residual operator, for the student) is generated beforehand with Firedrake and carried along.
@@ -29,6 +29,8 @@ from piddm_fem.teacher import TeacherTrainer, resolve_device, train_teacher
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM parts, vendor figures
 OPTIONS = ("resident", "channels_last", "fused", "compile", "no_sync")
+# not (yet) an option of the trainers: cuDNN's algorithm search per shape (torch.backends.cudnn.benchmark),
+# timed here as "eager + autotune" on CUDA to see whether it is worth one
 
 
 def settings(variant: dict) -> dict:
@@ -36,8 +38,18 @@ def settings(variant: dict) -> dict:
             "fused": variant["fused"], "compile": variant["compile"]}
 
 
-def timed(step, sync_each: bool, steps: int, warmup: int, device) -> float:
-    """it/s of ``step()`` after ``warmup`` steps (compilation and caches warm)."""
+def timed(step, sync_each: bool, steps: int, warmup: int, device, autotune: bool = False) -> float:
+    """it/s of ``step()`` after ``warmup`` steps (compilation and caches warm); with ``autotune``,
+    under torch.backends.cudnn.benchmark (restored afterwards)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = autotune
+    try:
+        return _timed(step, sync_each, steps, warmup, device)
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _timed(step, sync_each: bool, steps: int, warmup: int, device) -> float:
     for _ in range(warmup):
         step()
     if device.type == "cuda":
@@ -109,6 +121,8 @@ def main() -> None:
     variants = {"plain": dict.fromkeys(OPTIONS, False), "eager": eager}
     if args.compile:  # compiled once: the options are ablated on the eager path
         variants["fast"] = {**eager, "compile": True}
+    if device.type == "cuda":
+        variants["eager + autotune"] = {**eager, "autotune": True}
     variants.update({f"eager - {k}": {**eager, k: False} for k in OPTIONS if eager[k]})
     peak = next((v for k, v in PEAK_BF16.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
     if args.json:  # a fresh file, which every measured row is added to
@@ -124,7 +138,8 @@ def main() -> None:
                 t = TeacherTrainer(args.data, out, dict(settings(v), batch=args.batch, size=size, val_every=10**9),
                                    device)
                 batches = t.batches()
-                rate = timed(lambda: t.train_step(next(batches)), not v["no_sync"], args.steps, args.warmup, device)
+                rate = timed(lambda: t.train_step(next(batches)), not v["no_sync"], args.steps, args.warmup, device,
+                             v.get("autotune", False))
                 row = {"network": "teacher", "size": size, "variant": name, "it/s": rate,
                        "samples/s": rate * args.batch}
                 if name == "plain":  # counted uncompiled; every variant does the same arithmetic
@@ -150,7 +165,7 @@ def main() -> None:
                     d.opt.step()
                     return loss.detach()
 
-                rate = timed(student_step, not v["no_sync"], args.steps, args.warmup, device)
+                rate = timed(student_step, not v["no_sync"], args.steps, args.warmup, device, v.get("autotune", False))
                 rows.append({"network": "student", "size": size, "variant": name, "it/s": rate,
                              "samples/s": rate * args.batch})
                 report(rows[-1], args.json)
