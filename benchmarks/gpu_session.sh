@@ -3,13 +3,14 @@
 # there), in order of cost:
 # 1. residual-operator throughput, stencil and general paths (issue 11, part 2);
 # 2. training throughput, the plain path beside the fast path and each option, and a profile of the
-#    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile);
+#    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile); then the
+#    teacher's sampling cost, i.e. the pair bank's, per layout, precision and batch;
 # 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
 #    budget (warm-up not counted), the PIDDM student on the demo's schedule (its step at half-way is
 #    the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds.
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
-# is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt, pipeline.txt,
-# compare.md, 64 samples of the teacher and of PIDDM-1 (seed 0: `piddm validate` them here), and
+# is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt, sampling.txt,
+# pipeline.txt, compare.md, 64 samples of the teacher and of PIDDM-1 (seed 0: `piddm validate` them here), and
 # results.tgz with the JSON (compare, throughput, rows_seed<k> of each finished seed) and figures.
 # Rerunnable: the run stops itself at $LIMIT seconds (Ctrl-C to the pipeline, which saves its
 # state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
@@ -41,6 +42,10 @@ if [ ! -f "$RUN/throughput.txt" ]; then
   timeout 150 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
     --steps "$TSTEPS" --warmup 15 $COMPILE --profile --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
 fi
+if [ ! -f "$RUN/sampling.txt" ]; then  # the pair bank's cost: layout x fp32/bf16 x batch at N_s = 18
+  timeout 60 python3 benchmarks/teacher_sampling.py --size "$SIZE" --res 64 --batch 64 --steps 18 \
+    --devices "$DEVICE" --variants 2>&1 | tee "$RUN/sampling.txt"
+fi
 timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" \
   --device "$DEVICE" --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 \
   --distill-steps "$STEPS" --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" \
@@ -53,5 +58,5 @@ sample_student(r + '/student', 64, 0, out_path=r + '/samples_piddm1.h5', device=
 fi
 # at most 8 files come back: the text files, the samples, and everything else in one archive
 (cd "$RUN" && tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='*.h5' ./*.json ./*.md ./*.png ./*.txt student/done 2>/dev/null)
-cp "$RUN"/residual.txt "$RUN"/throughput.txt "$RUN"/pipeline.txt "$RUN"/compare.md "$RUN"/samples_*.h5 "$OUT"/ 2>/dev/null
+cp "$RUN"/residual.txt "$RUN"/throughput.txt "$RUN"/sampling.txt "$RUN"/pipeline.txt "$RUN"/compare.md "$RUN"/samples_*.h5 "$OUT"/ 2>/dev/null
 ls -la "$OUT"

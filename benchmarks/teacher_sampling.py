@@ -1,6 +1,10 @@
 """Time per sample of the teacher's Heun sampler for N_s in {8, 18, 40} at batch 64.
 
     python benchmarks/teacher_sampling.py [CKPT] [--size tiny|small|base --res 33] [--batch 64]
+        [--variants]
+
+``--variants`` adds the pair bank's question (N_s = 18): the time per sample in each weight layout
+(channels_last, the default, and contiguous), in fp32 and under bf16 autocast, at batch B and 4B.
 
 With CKPT (a teacher checkpoint or training directory) the trained EMA network is timed, otherwise
 a freshly initialised network of ``--size`` on a 2-channel ``--res`` grid (the cost does not
@@ -31,6 +35,29 @@ def network(args, device):
     return net, (2, args.res, args.res), f"fresh {args.size} net"
 
 
+def variants(net, shape, device, batch: int, num_steps: int = 18) -> None:
+    """ms/sample of ``heun_sample`` for each layout x precision x batch (on copies of ``net``)."""
+    import contextlib
+    import copy
+
+    print(f"N_s = {num_steps}: layout, precision, batch -> ms/sample")
+    for layout in (torch.channels_last, torch.contiguous_format):
+        copy_ = copy.deepcopy(net).to(memory_format=layout)
+        for bf16 in (False, True):
+            for b in (batch, 4 * batch):
+                eps = noise_for_indices(0, range(b), shape, device=device)
+                ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+                with ctx:
+                    heun_sample(copy_, eps, num_steps=2)  # warm-up
+                    sync(device)
+                    t0 = time.perf_counter()
+                    heun_sample(copy_, eps, num_steps=num_steps)
+                    sync(device)
+                name = "channels_last" if layout is torch.channels_last else "contiguous"
+                print(f"  {name:14s} {'bf16' if bf16 else 'fp32':5s} {b:5d} {(time.perf_counter() - t0) / b * 1e3:9.3f}",
+                      flush=True)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -44,6 +71,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 18, 40])
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cpu and/or cuda")
+    parser.add_argument("--variants", action="store_true", help="also layouts x fp32/bf16 x batch at N_s = 18")
     args = parser.parse_args()
 
     devices = [torch.device(d) for d in args.devices if d == "cpu" or torch.cuda.is_available()]
@@ -70,6 +98,8 @@ def main() -> None:
             dt = time.perf_counter() - t0
             print(f"{n_steps:>5} {nfe:>5} {dt:>9.3f} {dt / args.batch * 1e3:>10.2f} {args.batch / dt:>10.1f}"
                   f"   student speed-up {dt / one_step:6.1f}x")
+        if args.variants:
+            variants(net, shape, device, args.batch)
 
 
 if __name__ == "__main__":
