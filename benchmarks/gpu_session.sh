@@ -15,10 +15,13 @@
 # Rerunnable: the run stops itself at $LIMIT seconds (Ctrl-C to the pipeline, which saves its
 # state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
 # called again at once, skips the finished parts and continues the comparison at its first
-# unfinished seed. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s, teacher 138 s
-# wall, pair bank + distillation 182 s, the comparison about 110 s per seed at 16 task problems
-# (hence 8 now). So: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s 590), then at once, on
-# the warm machine, the same with LIMIT set to what is left (about 200 s of a 15-minute budget).
+# unfinished seed. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s (eager rows;
+# the compiled ones are new), teacher 138 s wall, pair bank + distillation 160 s, the comparison
+# about 110 s per seed at 16 task problems (hence 8 now: about 75 s, estimated). That is about
+# 13 minutes with the throughput parts, so: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s
+# 590), then at once, on the warm machine, the same with LIMIT set to what is left (about 200 s
+# of a 15-minute budget); if the lease is shorter, METHODS=teacher,PIDDM-1,PIDDM-ref,lambda=0
+# first.
 # Tested at tiny size on the CPU:
 # tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
 set -u
