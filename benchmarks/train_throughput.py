@@ -3,9 +3,10 @@ plain path beside the fast path and each option alone, in one run on one device 
 
 Variants: "plain" = DataLoader batches, contiguous layout, unfused optimizer, no compile, the loss
 read on the host every step (as before issue 11); "eager" = every option on but compile; "fast" =
-eager plus torch.compile (with --compile; compiled once, which is most of a short run's cost); and
-"eager - X" drops one option; on CUDA "eager + autotune" adds cuDNN's algorithm search. Each row is printed (and added to --json) as soon as it is measured,
-so that a run cut by a time limit keeps the rows it finished. On CUDA, bf16 autocast (the trainer's), and the achieved TFLOP/s from
+eager plus torch.compile (with --compile; compiled once, which is most of a short run's cost);
+"eager - X" drops one option; on CUDA "eager + autotune" adds cuDNN's algorithm search. Each row
+is printed (and added to --json) as soon as it is measured, so that a run cut by a time limit
+keeps the rows it finished. On CUDA, bf16 autocast (the trainer's), and the achieved TFLOP/s from
 torch.utils.flop_counter against the GPU's dense bf16 peak. torch only: the data file (with its
 residual operator, for the student) is generated beforehand with Firedrake and carried along.
 
