@@ -6,8 +6,8 @@ Prints fields/s at S = 64 and 128 for a batch of B = 256 random Darcy fields: th
 in float64 and float32, and the Firedrake assemble loop (per sample), with their ratios; CUDA rows
 when a GPU is present, eager and under torch.compile (on the H200 the eager stencil path ran at the
 same ~0.3M fields/s at S = 64 and 128: launch-bound, docs/results.md). Each rate is the best of
-repeated timings (the machine may be shared), and the load average is printed beside it. Without Firedrake (a GPU node), pass operator files
-exported beforehand:
+repeated timings (the machine may be shared), and the load average is printed beside it. Without
+Firedrake (a GPU node), pass operator files exported beforehand:
     python benchmarks/residual_throughput.py --operator op64.h5 --operator op128.h5
 Export one with: python benchmarks/residual_throughput.py --export op64.h5 --res 64
 ``--chunk-nodes N`` (repeatable) adds CPU stencil rows for batch chunks of N nodes beside the
