@@ -11,11 +11,11 @@
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
 # is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt, sampling.txt,
 # pipeline.txt, compare.md, 64 samples of the teacher and of PIDDM-1 (seed 0: `piddm validate` them here), and
-# results.tgz with the JSON (compare, throughput, rows_seed<k> of each finished seed) and figures.
+# results.tgz with the JSON (compare, throughput, rows_seed<k> with each finished method) and figures.
 # Rerunnable: the run stops itself at $LIMIT seconds (Ctrl-C to the pipeline, which saves its
 # state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
 # called again at once, skips the finished parts and continues the comparison at its first
-# unfinished seed. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s (eager rows;
+# unfinished method. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s (eager rows;
 # the compiled ones are new), teacher 138 s wall, pair bank + distillation 160 s, the comparison
 # about 110 s per seed at 16 task problems (hence 8 now: about 75 s, estimated). That is about
 # 13 minutes with the throughput parts, so: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s

@@ -199,17 +199,22 @@ def _timed(device, fn, *args):
     return out, time.perf_counter() - t0
 
 
-def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = False) -> dict:
+def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = False, done=None) -> dict:
     """Every method on one seed: {method: {"sample": metrics, "tasks": {task: errors}}} plus the
-    fields used for the figures under "_fields"."""
+    fields used for the figures under "_fields". ``done`` (a ``_SavedSeed``) holds the rows and
+    fields of methods finished before, which are kept, not rerun; it is called with the rows and
+    fields so far after each method."""
     b = setup.budget
     _, reference, _ = schema.read(setup.data, setup.splits["test"])
     idx = setup.splits["test"][:b.task_problems]
     _, truth, _ = schema.read(setup.data, idx)
     masks = {task: observation_mask(task, truth.shape, setup.channels, setup.info.meta, seed=seed).numpy()
              for task in tasks}
-    rows, shown = {}, {"truth": truth, "masks": masks}
+    rows, shown = ({}, {}) if done is None else (dict(done.rows), dict(done.shown))
+    shown.update(truth=truth, masks=masks)
     for m in methods:
+        if m.name in rows:
+            continue
         row = {"nfe": m.nfe}
         if "sample" in m.can:
             fields, seconds = _timed(setup.device, m.sample, b.n_eval, seed)
@@ -227,7 +232,9 @@ def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = 
                                   "seconds_per_problem": seconds / len(idx)}
             shown.setdefault("tasks", {}).setdefault(task, {})[m.name] = est[0]
         rows[m.name] = row
-    return {"rows": rows, "_fields": shown}
+        if done is not None:
+            done(rows, shown)
+    return {"rows": {m.name: rows[m.name] for m in methods}, "_fields": shown}
 
 
 def _mean_std(values) -> dict:
@@ -288,20 +295,49 @@ def compare(setup: Setup, names: list[str] | None, seeds: list[int], tasks=None,
 
 
 def _seed_rows(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool) -> dict:
-    """``run_seed``, kept in OUT/rows_seed<k>.json (atomically) so that an interrupted comparison
-    resumes at the first unfinished seed; reused only for the same methods, tasks and budget."""
-    key = {"methods": [m.name for m in methods], "tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget)}
-    path = None if setup.out_dir is None else setup.out_dir / f"rows_seed{seed}.json"
-    if path is not None and path.exists():
-        saved = json.loads(path.read_text())
-        if saved["key"] == key:
-            return {"rows": saved["rows"]}
-    run = run_seed(setup, methods, seed, tasks, fem)
-    if path is not None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"key": key, "rows": run["rows"]}))
-        tmp.replace(path)
-    return run
+    """``run_seed``, kept method by method in OUT/rows_seed<k>.json (the rows) and
+    rows_seed<k>.npz (the fields the figures show), both written atomically after each method,
+    so that an interrupted comparison resumes at its first unfinished method. A saved row is
+    reused for the same tasks, FEM check and budget, and the same method settings."""
+    if setup.out_dir is None:
+        return run_seed(setup, methods, seed, tasks, fem)
+    key = {"tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget)}
+    return run_seed(setup, methods, seed, tasks, fem, done=_SavedSeed(setup.out_dir / f"rows_seed{seed}", key, methods))
+
+
+class _SavedSeed:
+    """The finished methods of one seed on disk: ``rows`` and ``shown`` as read back (the rows
+    whose key and method settings match), and, called with (rows, shown), the writer of both."""
+
+    def __init__(self, stem: Path, key: dict, methods: list[Method]):
+        self.json, self.npz, self.key = stem.with_suffix(".json"), stem.with_suffix(".npz"), key
+        self.settings = {m.name: json.loads(json.dumps(m.settings)) for m in methods}  # as saved
+        self.rows, self.shown = {}, {}
+        if self.json.exists():
+            saved = json.loads(self.json.read_text())
+            if saved.get("key") == key:
+                self.rows = {name: row for name, row in saved["rows"].items()
+                             if name in self.settings and saved["settings"].get(name) == self.settings[name]}
+        if self.rows and self.npz.exists():
+            with np.load(self.npz) as f:
+                for name in f.files:  # "samples/<method>" and "tasks/<task>/<method>"
+                    *where, method = name.split("/")
+                    if method in self.rows:
+                        leaf = self.shown
+                        for part in where:
+                            leaf = leaf.setdefault(part, {})
+                        leaf[method] = f[name]
+
+    def __call__(self, rows: dict, shown: dict) -> None:
+        doc = {"key": self.key, "settings": {n: self.settings.get(n) for n in rows}, "rows": rows}
+        arrays = {f"samples/{n}": x for n, x in shown.get("samples", {}).items()}
+        arrays.update({f"tasks/{t}/{n}": x for t, per in shown.get("tasks", {}).items() for n, x in per.items()})
+        tmp = self.npz.with_name(self.npz.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(self.npz)
+        tmp = self.json.with_name(self.json.name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.json)
 
 
 def make_budget(teacher_dir, quick: bool = False, **overrides) -> Budget:

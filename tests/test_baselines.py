@@ -278,16 +278,40 @@ def test_claims_report_a_failure_with_the_numbers():
 
 
 @pytest.mark.firedrake
-def test_compare_resumes_finished_seeds(darcy20, tmp_path):
+def test_compare_resumes_finished_methods(darcy20, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from piddm_fem.baselines.eci import ECI
     from piddm_fem.evaluation import QUICK, compare, load_setup
 
     setup = load_setup(darcy20 / "data.h5", darcy20 / "teacher", budget=QUICK, device="cpu", out_dir=tmp_path)
     first = compare(setup, ["teacher", "eci"], [0, 1], figures=False)
     saved = json.loads((tmp_path / "rows_seed1.json").read_text())
-    saved["rows"]["eci"]["tasks"]["forward"]["rel_l2_u"] = 123.0  # a finished seed is read back, not rerun
+    saved["rows"]["eci"]["tasks"]["forward"]["rel_l2_u"] = 123.0  # a finished row is read back, not rerun
     (tmp_path / "rows_seed1.json").write_text(json.dumps(saved))
     again = compare(setup, ["teacher", "eci"], [0, 1], figures=False)
     assert again["methods"][0]["sample"] == first["methods"][0]["sample"]
     assert again["methods"][1]["tasks"]["forward"]["rel_l2_u"]["mean"] > 60
-    other = compare(setup, ["eci"], [1], figures=False)  # other methods: computed afresh
-    assert other["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
+    alone = compare(setup, ["eci"], [1], figures=False)  # also when the other methods change
+    assert alone["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] > 60
+    setup.budget = replace(QUICK, task_problems=3)  # another budget: computed afresh
+    assert compare(setup, ["eci"], [1], figures=False)["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
+
+    # interrupted in its second method, a seed keeps its first; the rerun does the second only
+    setup.budget = QUICK
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ECI, "solve_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare(setup, ["teacher", "eci"], [2])
+    kept = json.loads((tmp_path / "rows_seed2.json").read_text())
+    assert list(kept["rows"]) == ["teacher"]
+    kept["rows"]["teacher"]["sample"]["fraction_a_above"] = 7.0
+    (tmp_path / "rows_seed2.json").write_text(json.dumps(kept))
+    monkeypatch.undo()
+    done = compare(setup, ["teacher", "eci"], [2])
+    assert done["methods"][0]["sample"]["fraction_a_above"]["mean"] == 7.0
+    assert "forward" in done["methods"][1]["tasks"]
+    assert {"samples.png", "tasks_forward.png"} <= set(done["figures"].values())  # the teacher's field came back
