@@ -231,6 +231,7 @@ def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = 
             row["tasks"][task] = {**{k: float(np.mean(v)) for k, v in errs.items()},
                                   "seconds_per_problem": seconds / len(idx)}
             shown.setdefault("tasks", {}).setdefault(task, {})[m.name] = est[0]
+        row["costs"] = m.costs  # one-off costs, kept with the rows (a resumed run may not pay them again)
         rows[m.name] = row
         if done is not None:
             done(rows, shown)
@@ -279,7 +280,7 @@ def compare(setup: Setup, names: list[str] | None, seeds: list[int], tasks=None,
         row = {"method": m.name, "nfe": m.nfe, "can": list(m.can), "posterior_mean": m.posterior_mean,
                "settings": m.settings,
                **{k: _aggregate([p[k] for p in per_seed]) for k in ("sample", "tasks") if k in per_seed[0]}}
-        row["costs"] = m.costs
+        row["costs"] = m.costs or next((p["costs"] for p in per_seed if p.get("costs")), {})
         rows.append(row)
     doc = {"problem": setup.info.problem, "resolution": setup.info.resolution, "channels": setup.channels,
            "display_name": (getattr(setup.info, "meta", None) or {}).get("display_name", setup.info.problem),

@@ -315,3 +315,13 @@ def test_compare_resumes_finished_methods(darcy20, tmp_path, monkeypatch):
     assert done["methods"][0]["sample"]["fraction_a_above"]["mean"] == 7.0
     assert "forward" in done["methods"][1]["tasks"]
     assert {"samples.png", "tasks_forward.png"} <= set(done["figures"].values())  # the teacher's field came back
+
+    # the FNO trains on first use: with its rows saved, a rerun does not train it again, and keeps its costs
+    trained = compare(setup, ["fno"], [0, 1], figures=False)["methods"][0]["costs"]
+    assert trained["steps"] >= 1
+
+    def untrainable(*args, **kwargs):
+        raise AssertionError("the FNO was trained again")
+
+    monkeypatch.setattr("piddm_fem.baselines.fno.train_fno", untrainable)
+    assert compare(setup, ["fno"], [0, 1], figures=False)["methods"][0]["costs"] == trained
