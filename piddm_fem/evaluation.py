@@ -308,30 +308,41 @@ def _seed_rows(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool)
 
 class _SavedSeed:
     """The finished methods of one seed on disk: ``rows`` and ``shown`` as read back (the rows
-    whose key and method settings match), and, called with (rows, shown), the writer of both."""
+    whose key and method settings match), and, called with (rows, shown), the writer of both,
+    which keeps the saved rows and fields of methods not run this time."""
 
     def __init__(self, stem: Path, key: dict, methods: list[Method]):
         self.json, self.npz, self.key = stem.with_suffix(".json"), stem.with_suffix(".npz"), key
         self.settings = {m.name: json.loads(json.dumps(m.settings)) for m in methods}  # as saved
+        self.other_rows, self.other_settings, self.other_arrays = {}, {}, {}
         self.rows, self.shown = {}, {}
-        if self.json.exists():
-            saved = json.loads(self.json.read_text())
-            if saved.get("key") == key:
-                self.rows = {name: row for name, row in saved["rows"].items()
-                             if name in self.settings and saved["settings"].get(name) == self.settings[name]}
-        if self.rows and self.npz.exists():
+        saved = json.loads(self.json.read_text()) if self.json.exists() else {}
+        if saved.get("key") != key:
+            return
+        arrays = {}
+        if self.npz.exists():
             with np.load(self.npz) as f:
-                for name in f.files:  # "samples/<method>" and "tasks/<task>/<method>"
-                    *where, method = name.split("/")
-                    if method in self.rows:
-                        leaf = self.shown
-                        for part in where:
-                            leaf = leaf.setdefault(part, {})
-                        leaf[method] = f[name]
+                arrays = {name: f[name] for name in f.files}  # "samples/<method>", "tasks/<task>/<method>"
+        for name, row in saved["rows"].items():
+            if name not in self.settings:
+                self.other_rows[name], self.other_settings[name] = row, saved["settings"].get(name)
+            elif saved["settings"].get(name) == self.settings[name]:
+                self.rows[name] = row
+        for name, x in arrays.items():
+            *where, method = name.split("/")
+            if method in self.rows:
+                leaf = self.shown
+                for part in where:
+                    leaf = leaf.setdefault(part, {})
+                leaf[method] = x
+            elif method in self.other_rows:
+                self.other_arrays[name] = x
 
     def __call__(self, rows: dict, shown: dict) -> None:
-        doc = {"key": self.key, "settings": {n: self.settings.get(n) for n in rows}, "rows": rows}
-        arrays = {f"samples/{n}": x for n, x in shown.get("samples", {}).items()}
+        doc = {"key": self.key, "settings": {**self.other_settings, **{n: self.settings[n] for n in rows}},
+               "rows": {**self.other_rows, **rows}}
+        arrays = dict(self.other_arrays)
+        arrays.update({f"samples/{n}": x for n, x in shown.get("samples", {}).items()})
         arrays.update({f"tasks/{t}/{n}": x for t, per in shown.get("tasks", {}).items() for n, x in per.items()})
         tmp = self.npz.with_name(self.npz.stem + ".tmp.npz")
         np.savez(tmp, **arrays)
