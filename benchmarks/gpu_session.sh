@@ -31,10 +31,8 @@ TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-1000}
 GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-8} TSTEPS=${TSTEPS:-50}
 METHODS=${METHODS:-teacher,PIDDM-1,PIDDM-ref,lambda=0,diffusionpde-weak,dps-weak,eci,direct}
 COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/p64}
-mkdir -p "$OUT" "$RUN" /tmp/pkg/piddm_fem
-# the package without pip: piddm_fem plus cli/ and solvers/ at their installed names
-cp -r piddm_fem/. /tmp/pkg/piddm_fem/ && cp -r cli /tmp/pkg/piddm_fem/cli && cp -r solvers /tmp/pkg/piddm_fem/solvers
-export PYTHONPATH=/tmp/pkg:benchmarks
+mkdir -p "$OUT" "$RUN"
+. benchmarks/gpu_pkg.sh
 left() { echo $((LIMIT - SECONDS)); }
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 if [ ! -f "$RUN/residual.txt" ]; then

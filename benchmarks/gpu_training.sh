@@ -15,9 +15,8 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} SIZE=${SIZE:-small}
 TEACHER_SECONDS=${TEACHER_SECONDS:-150} STEPS=${STEPS:-1000} PAIRS=${PAIRS:-4096} N=${N:-128}
 RUN=${RUN:-/tmp/t64}
-mkdir -p "$OUT" "$RUN" /tmp/pkg/piddm_fem
-cp -r piddm_fem/. /tmp/pkg/piddm_fem/ && cp -r cli /tmp/pkg/piddm_fem/cli && cp -r solvers /tmp/pkg/piddm_fem/solvers
-export PYTHONPATH=/tmp/pkg:benchmarks
+mkdir -p "$OUT" "$RUN"
+. benchmarks/gpu_pkg.sh
 timeout 560 python3 - "$DATA/darcy64.h5" "$RUN" "$DEVICE" "$TEACHER_SECONDS" "$SIZE" "$STEPS" "$PAIRS" "$N" <<'PY' 2>&1 | grep -v "━" | tee "$OUT/ablation.txt"
 import json, subprocess, sys
 from pathlib import Path

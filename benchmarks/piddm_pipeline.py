@@ -17,7 +17,7 @@ from pathlib import Path
 
 from piddm_fem.evaluation import compare, load_setup, make_budget
 from piddm_fem.report import write_compare
-from piddm_fem.student import PHYSICS_START, distill, late_physics
+from piddm_fem.student import PHYSICS_START, distill_late_physics
 from piddm_fem.teacher import train_teacher
 
 def train_on_budget(data, out, seconds: float, size: str, batch: int, device: str, probe: int = 20) -> dict:
@@ -76,13 +76,9 @@ def main(argv=None) -> dict:
     budget = make_budget(teacher, args.quick, guidance_steps=args.guidance_steps, n_eval=args.n_eval,
                          task_problems=args.task_problems)
     if not (out / "student" / "done").exists():  # the demo's recipe; lambda = 0 is its first half
-        stats = distill(teacher, args.data, out / "student", args.distill_steps, device=args.device,
-                        resume=(out / "student" / "last.pt").exists(), progress=False, pairs=args.pairs,
-                        teacher_steps=budget.heun_steps, batch=args.distill_batch,
-                        **late_physics(args.distill_steps, args.lambda_train))
-        if stats["interrupted"]:
-            raise KeyboardInterrupt
-        (out / "student" / "done").write_text(json.dumps(stats))
+        distill_late_physics(teacher, args.data, out / "student", args.distill_steps, args.lambda_train,
+                             args.device, progress=False, pairs=args.pairs, teacher_steps=budget.heun_steps,
+                             batch=args.distill_batch)
     where = Path(args.compare_out or out)
     setup = load_setup(args.data, teacher, students, budget, args.device, where)
     doc = compare(setup, args.methods.split(",") if args.methods else None, args.seeds, fem=args.fem)

@@ -97,14 +97,10 @@ def _teacher(cfg, data, teacher_dir, device):
 def _distill(cfg, data, teacher_dir, student_dir, device):
     """``late_physics``: the penalty after the regression is learned; physics_start.pt is the
     lambda = 0 ablation."""
-    from piddm_fem.student import distill, late_physics
+    from piddm_fem.student import distill_late_physics
 
-    stats = distill(teacher_dir, data, student_dir, cfg["distill_steps"], device=device,
-                    resume=(student_dir / "last.pt").exists(), pairs=cfg["pairs"],
-                    teacher_steps=cfg["heun_steps"], **late_physics(cfg["distill_steps"], cfg["lambda_train"]))
-    if stats["interrupted"]:
-        raise KeyboardInterrupt
-    (student_dir / "done").write_text(json.dumps(stats))
+    distill_late_physics(teacher_dir, data, student_dir, cfg["distill_steps"], cfg["lambda_train"], device,
+                         pairs=cfg["pairs"], teacher_steps=cfg["heun_steps"])
 
 
 def _compare(cfg, data, teacher_dir, student_dir, ablation_dir, out_dir, device, quick):

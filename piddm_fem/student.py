@@ -16,6 +16,7 @@ denoiser on EDM's k-level schedule, trained end to end on the same pairs; k = 1 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -281,6 +282,20 @@ def distill(teacher_dir, data_path, out_dir, steps: int, device: str = "auto", r
         raise TypeError(f"unknown distillation settings {sorted(unknown)}")
     distiller = Distiller(teacher_dir, data_path, out_dir, settings, resolve_device(device), resume)
     return distiller.run(steps, progress)
+
+
+def distill_late_physics(teacher_dir, data_path, out_dir, steps: int, lambda_train: float,
+                         device: str = "auto", **settings) -> dict:
+    """The recipe of the demo and the GPU protocol: ``distill`` on ``late_physics(steps,
+    lambda_train)`` (plus ``settings``), resumed from OUT/last.pt where one exists; an interrupted
+    run raises KeyboardInterrupt (its state is saved), a finished one writes its stats to OUT/done."""
+    out_dir = Path(out_dir)
+    stats = distill(teacher_dir, data_path, out_dir, steps, device=device,
+                    resume=(out_dir / "last.pt").exists(), **settings, **late_physics(steps, lambda_train))
+    if stats["interrupted"]:
+        raise KeyboardInterrupt
+    (out_dir / "done").write_text(json.dumps(stats))
+    return stats
 
 
 def share_pair_bank(src_dir, dst_dir) -> None:
