@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from piddm_fem.interrupt import write_atomic
 from piddm_fem.student import Distiller
 from piddm_fem.teacher import TeacherTrainer, resolve_device, train_teacher
 
@@ -96,12 +97,9 @@ def report(row: dict, json_path) -> None:
     atomically), so that a run cut by its time limit keeps every row it finished."""
     print(f"measured {row['network']} {row['size']} {row['variant']}: {row['it/s']:.2f} it/s", flush=True)
     if json_path:
-        path = Path(json_path)
-        doc = json.loads(path.read_text())
+        doc = json.loads(Path(json_path).read_text())
         doc["rows"].append(row)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
+        write_atomic(json_path, json.dumps(doc, indent=1))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 
 from piddm_fem import checkpoint, checks, metrics, schema
 from piddm_fem.errors import PiddmError
+from piddm_fem.interrupt import write_atomic
 from piddm_fem.tasks import observation_mask, task_errors
 
 
@@ -199,6 +201,20 @@ def _timed(device, fn, *args):
     return out, time.perf_counter() - t0
 
 
+def machine(device: torch.device) -> str:
+    """The machine a timing was measured on, for tables and figures: the GPU's name, or the CPU
+    with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
 def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = False, done=None) -> dict:
     """Every method on one seed: {method: {"sample": metrics, "tasks": {task: errors}}} plus the
     fields used for the figures under "_fields". ``done`` (a ``_SavedSeed``) holds the rows and
@@ -286,12 +302,14 @@ def compare(setup: Setup, names: list[str] | None, seeds: list[int], tasks=None,
            "display_name": (getattr(setup.info, "meta", None) or {}).get("display_name", setup.info.problem),
            "data": str(setup.data), "teacher": str(setup.teacher_dir), "seeds": list(seeds),
            "tasks": list(tasks), "n_test": int(setup.splits["test"].size), "budget": asdict(setup.budget),
-           "device": str(setup.device), "reference": reference_row(setup, fem), "methods": rows}
+           "device": str(setup.device), "machine": machine(setup.device), "reference": reference_row(setup, fem), "methods": rows}
     shown = next((r["_fields"] for r in runs if "_fields" in r), None)
     if figures and setup.out_dir is not None and shown is not None:
-        from piddm_fem.report import compare_figures
+        from piddm_fem.report import compare_figures, tradeoff_figure
 
         doc["figures"] = compare_figures(setup.out_dir, setup, shown)
+        doc["figures"]["tradeoff"] = tradeoff_figure([doc], setup.out_dir / "tradeoff.png",
+                                                     f"error against time ({doc['machine']})").name
     return doc
 
 
@@ -347,9 +365,7 @@ class _SavedSeed:
         tmp = self.npz.with_name(self.npz.stem + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(self.npz)
-        tmp = self.json.with_name(self.json.name + ".tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(self.json)
+        write_atomic(self.json, json.dumps(doc))
 
 
 def make_budget(teacher_dir, quick: bool = False, **overrides) -> Budget:

@@ -37,18 +37,21 @@ def plot_panels(panels: list[tuple[str, np.ndarray]], path, ncols: int | None = 
     return _save(fig, path)
 
 
-def plot_lines(axes: list[tuple[str, dict]], path, title: str | None = None, logy: bool = True,
+def plot_lines(axes: list[tuple], path, title: str | None = None, logy: bool = True,
                xlabel: str = "", logx: bool = False) -> Path:
-    """Save side-by-side line plots: each axis is (y label, {series name: (x, y)}); returns the path."""
+    """Save side-by-side line plots; returns the path. Each axis is (y label, {series name:
+    (x, y)}) or (y label, series, x label); a series may be (x, y, y error) and then carries error
+    bars."""
     plt = _pyplot()
 
     fig, axs = plt.subplots(1, len(axes), figsize=(4.6 * len(axes), 3.4), squeeze=False)
-    for ax, (ylabel, series) in zip(axs.flat, axes):
-        for name, (x, y) in series.items():
-            ax.plot(x, y, marker="." if len(x) < 40 else None, label=name)
-        ax.set_ylabel(ylabel), ax.set_xlabel(xlabel)
+    for ax, (ylabel, series, *own_xlabel) in zip(axs.flat, axes):
+        for name, (x, y, *err) in series.items():
+            marker = "o" if len(x) < 12 else "." if len(x) < 40 else None
+            ax.errorbar(x, y, yerr=err[0] if err else None, marker=marker, markersize=4, capsize=2, label=name)
+        ax.set_ylabel(ylabel), ax.set_xlabel(own_xlabel[0] if own_xlabel else xlabel)
         ax.set_yscale("log" if logy else "linear"), ax.set_xscale("log" if logx else "linear")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both" if logx else "major")
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -14,9 +14,20 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _requested = False
+
+
+def write_atomic(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: an interruption leaves the
+    old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def requested() -> bool:

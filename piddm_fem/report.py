@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from piddm_fem.figures import plot_panels
+from piddm_fem.figures import plot_lines, plot_panels
+from piddm_fem.interrupt import write_atomic
 
 
 def residual_map(operator, x) -> np.ndarray:
@@ -75,6 +76,51 @@ def _task_keys(methods, task) -> list[str]:
     return keys
 
 
+def headline(keys) -> str:
+    """A task's headline error among its metric ``keys``: the error rate of a binary channel where
+    there is one, else the first relative L2 error."""
+    keys = list(keys)
+    return next((k for k in keys if k.startswith("error_rate_")), next(k for k in keys if k.startswith("rel_l2_")))
+
+
+def tradeoff_axes(docs: list[dict]) -> list[tuple]:
+    """Error against time of every method over the comparisons ``docs`` (one per budget, e.g.
+    benchmarks/error_vs_time.py; one doc gives a point per method): the samples' median residual
+    against ms per sample, then each task's headline error against seconds per problem; mean and
+    std over the seeds. Axes for ``figures.plot_lines``."""
+    def series(get):
+        out = {}
+        for doc in docs:
+            for m in doc["methods"]:
+                got = get(m)
+                if got is not None:
+                    out.setdefault(m["method"], []).append(got)
+        return {name: tuple(map(list, zip(*sorted(points)))) for name, points in out.items()}
+
+    axes = []
+    if any("sample" in m for m in docs[0]["methods"]):
+        axes.append(("relative residual of samples", series(
+            lambda m: (1e3 * m["sample"]["seconds_per_sample"]["mean"], m["sample"]["residual"]["mean"],
+                       m["sample"]["residual"]["std"]) if "sample" in m else None), "ms per sample"))
+    for task in docs[0]["tasks"]:
+        rows = [m for doc in docs for m in doc["methods"] if task in m.get("tasks", {})]
+        if not rows:
+            continue
+        key = headline(_task_keys(rows, task))
+
+        def point(m, task=task, key=key):
+            t = m.get("tasks", {}).get(task)
+            return None if t is None else (t["seconds_per_problem"]["mean"], t[key]["mean"], t[key]["std"])
+
+        axes.append((f"{task}: {key.replace('_', ' ')}", series(point), "seconds per problem"))
+    return axes
+
+
+def tradeoff_figure(docs: list[dict], path, title: str) -> Path:
+    """``tradeoff_axes`` drawn log-log; returns the path."""
+    return plot_lines(tradeoff_axes(docs), path, title=title, logx=True)
+
+
 PIDDM_ROWS = ("PIDDM-1", "PIDDM-ref", "lambda=0")
 GUIDED_NFE = 2 * 2000 - 1  # DiffusionPDE's default of 2000 Heun steps
 
@@ -124,7 +170,7 @@ def compare_markdown(doc: dict) -> str:
     lines = [f"# {doc['display_name']} S = {doc['resolution']}: every method on one teacher", "",
              f"Seeds {', '.join(map(str, doc['seeds']))} (mean ± std over seeds), {doc['budget']['n_eval']} samples "
              f"per method and seed against the {doc['n_test']} held-out test samples; tasks on "
-             f"{doc['budget']['task_problems']} test problems. Device: {doc['device']}. Residual: relative weak-form "
+             f"{doc['budget']['task_problems']} test problems. Device: {doc.get('machine', doc['device'])}. Residual: relative weak-form "
              "residual (docs/residual.md); FD: RMS of the finite-difference residual (1/h^2 scaling) at interior "
              "nodes, absolute.", ""]
     if sampled:
@@ -167,19 +213,12 @@ def compare_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
 def write_compare(out_dir, doc: dict) -> dict:
     """OUT/compare.json and OUT/compare.md (atomically)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {"json": _write_atomic(out_dir / "compare.json", json.dumps(doc, indent=1)),
-            "md": _write_atomic(out_dir / "compare.md", compare_markdown(doc))}
+    return {"json": write_atomic(out_dir / "compare.json", json.dumps(doc, indent=1)),
+            "md": write_atomic(out_dir / "compare.md", compare_markdown(doc))}
 
 
 def write_report(out_dir, cfg: dict, doc: dict, timings: dict) -> Path:
@@ -202,4 +241,4 @@ def write_report(out_dir, cfg: dict, doc: dict, timings: dict) -> Path:
     lines += [f"| total | {sum(timings.values()):.0f} |", "",
               "Numbers at this scale are a smoke test of the pipeline, not the paper's benchmark; "
               "docs/results.md has the measured comparisons.", ""]
-    return _write_atomic(out_dir / "report.md", "\n".join(lines))
+    return write_atomic(out_dir / "report.md", "\n".join(lines))

@@ -190,7 +190,8 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
     assert rows["PIDDM-1"]["nfe"] == 1 and rows["teacher"]["nfe"] == 5
     md = (out / "compare.md").read_text()
     assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md
-    for png in ("samples.png", "tasks_forward.png", "tasks_inverse.png", "tasks_reconstruct.png"):
+    assert doc["machine"].endswith(f"{torch.get_num_threads()} threads")  # named beside every timing
+    for png in ("samples.png", "tasks_forward.png", "tasks_inverse.png", "tasks_reconstruct.png", "tradeoff.png"):
         assert (out / png).stat().st_size > 10_000
 
 
@@ -236,17 +237,21 @@ def test_report_is_keyed_by_the_dataset_channels():
 
 
 @pytest.mark.firedrake
+def _benchmark(name):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
     """benchmarks/piddm_pipeline.py (what benchmarks/gpu_session.sh runs): a teacher on a time
     budget whose probe start-up is not counted, the student and its first half as lambda = 0,
     compare.json."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "piddm_pipeline.py"
-    spec = importlib.util.spec_from_file_location("piddm_pipeline", path)
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
+    pipeline = _benchmark("piddm_pipeline")
     out = tmp_path / "run"
     doc = pipeline.main(["--data", str(darcy20 / "data.h5"), "--out", str(out), "--train-teacher-seconds", "3",
                          "--probe-steps", "2", "--batch", "4", "--distill-steps", "2", "--pairs", "4",
@@ -258,6 +263,36 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
     saved = json.loads((out / "compare.json").read_text())
     assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "lambda=0", "eci", "fno"]
     assert saved["methods"][2]["settings"]["lambda_train"] == 0.0
+
+
+def test_error_against_time_scales_every_method_alike(darcy20, tmp_path):
+    """benchmarks/error_vs_time.py: one comparison per scale, each method's iteration counts times
+    the scale, and a curve per method over the scales (samples and each task)."""
+    from piddm_fem.report import tradeoff_axes
+
+    evt = _benchmark("error_vs_time")
+    out = tmp_path / "evt"
+    argv = ["--data", str(darcy20 / "data.h5"), "--teacher", str(darcy20 / "teacher"), "--student",
+            str(darcy20 / "student"), "--out", str(out), "--scales", "1", "2", "--seeds", "0", "--quick",
+            "--methods", "teacher,PIDDM-1,PIDDM-ref,diffusionpde-weak,eci", "--tasks", "forward,inverse",
+            "--device", "cpu"]
+    docs = evt.main(argv)
+    budgets = [d["budget"] for d in docs]
+    for knob in ("heun_steps", "guidance_steps", "refine_steps", "task_steps"):
+        assert budgets[1][knob] == 2 * budgets[0][knob]
+    rows = {m["method"]: m for m in docs[1]["methods"]}
+    assert rows["PIDDM-ref"]["settings"]["task_steps"] == 2 * budgets[0]["task_steps"]
+    assert rows["diffusionpde-weak"]["settings"]["steps"] == 2 * budgets[0]["guidance_steps"]
+    axes = tradeoff_axes(docs)
+    assert [a[0] for a in axes] == ["relative residual of samples", "forward: rel l2 u", "inverse: error rate a"]
+    assert set(axes[0][1]) == {"teacher", "PIDDM-1", "PIDDM-ref"}  # the methods that sample
+    assert set(axes[2][1]) == {"PIDDM-1", "PIDDM-ref", "diffusionpde-weak", "eci"}
+    assert all(len(x) == 2 for x, _, _ in axes[2][1].values())  # one point per scale
+    assert (out / "error_vs_time.png").stat().st_size > 10_000
+    assert "| PIDDM-ref |" in (out / "error_vs_time.md").read_text()
+    # a rerun reuses every saved row of every scale: nothing is sampled again
+    again = evt.main(argv)
+    assert [d["methods"] for d in again] == [d["methods"] for d in docs]
 
 
 def test_claims_report_a_failure_with_the_numbers():
