@@ -38,17 +38,24 @@ def plot_panels(panels: list[tuple[str, np.ndarray]], path, ncols: int | None = 
 
 
 def plot_lines(axes: list[tuple], path, title: str | None = None, logy: bool = True,
-               xlabel: str = "", logx: bool = False) -> Path:
-    """Save side-by-side line plots; returns the path. Each axis is (y label, {series name:
-    (x, y)}) or (y label, series, x label); a series may be (x, y, y error) and then carries error
-    bars."""
+               xlabel: str = "", logx: bool = False, ncols: int | None = None) -> Path:
+    """Save line plots side by side (``ncols`` per row, default all); returns the path. Each axis
+    is (y label, {series name: (x, y)}) or (y label, series, x label); a series may be (x, y,
+    y error) and then carries error bars. A series name has the same colour in every axis."""
     plt = _pyplot()
 
-    fig, axs = plt.subplots(1, len(axes), figsize=(4.6 * len(axes), 3.4), squeeze=False)
+    ncols = ncols or len(axes)
+    nrows = -(-len(axes) // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    names = list(dict.fromkeys(name for _, series, *_ in axes for name in series))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax in axs.flat[len(axes):]:
+        ax.axis("off")
     for ax, (ylabel, series, *own_xlabel) in zip(axs.flat, axes):
         for name, (x, y, *err) in series.items():
             marker = "o" if len(x) < 12 else "." if len(x) < 40 else None
-            ax.errorbar(x, y, yerr=err[0] if err else None, marker=marker, markersize=4, capsize=2, label=name)
+            ax.errorbar(x, y, yerr=err[0] if err else None, marker=marker, markersize=4, capsize=2, label=name,
+                        color=palette[names.index(name) % len(palette)])
         ax.set_ylabel(ylabel), ax.set_xlabel(own_xlabel[0] if own_xlabel else xlabel)
         ax.set_yscale("log" if logy else "linear"), ax.set_xscale("log" if logx else "linear")
         ax.grid(alpha=0.3, which="both" if logx else "major")

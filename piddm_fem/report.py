@@ -118,7 +118,7 @@ def tradeoff_axes(docs: list[dict]) -> list[tuple]:
 
 def tradeoff_figure(docs: list[dict], path, title: str) -> Path:
     """``tradeoff_axes`` drawn log-log; returns the path."""
-    return plot_lines(tradeoff_axes(docs), path, title=title, logx=True)
+    return plot_lines(tradeoff_axes(docs), path, title=title, logx=True, ncols=2)
 
 
 PIDDM_ROWS = ("PIDDM-1", "PIDDM-ref", "lambda=0")
