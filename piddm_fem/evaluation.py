@@ -317,10 +317,11 @@ def _seed_rows(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool)
     """``run_seed``, kept method by method in OUT/rows_seed<k>.json (the rows) and
     rows_seed<k>.npz (the fields the figures show), both written atomically after each method,
     so that an interrupted comparison resumes at its first unfinished method. A saved row is
-    reused for the same tasks, FEM check and budget, and the same method settings."""
+    reused for the same tasks, FEM check, budget and machine (timings of one table come from one
+    machine), and the same method settings."""
     if setup.out_dir is None:
         return run_seed(setup, methods, seed, tasks, fem)
-    key = {"tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget)}
+    key = {"tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget), "machine": machine(setup.device)}
     return run_seed(setup, methods, seed, tasks, fem, done=_SavedSeed(setup.out_dir / f"rows_seed{seed}", key, methods))
 
 

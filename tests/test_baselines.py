@@ -331,6 +331,10 @@ def test_compare_resumes_finished_methods(darcy20, tmp_path, monkeypatch):
     assert alone["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] > 60
     compare(setup, ["eci", "direct"], [1], figures=False)  # a new method is added to the seed's rows
     assert set(json.loads((tmp_path / "rows_seed1.json").read_text())["rows"]) == {"teacher", "eci", "direct"}
+    with monkeypatch.context() as m:  # another machine: its timings are not mixed with these, computed afresh
+        m.setattr("piddm_fem.evaluation.machine", lambda device: "another machine")
+        assert compare(setup, ["eci"], [1], figures=False)["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
+    (tmp_path / "rows_seed1.json").write_text(json.dumps(saved))
     setup.budget = replace(QUICK, task_problems=3)  # another budget: computed afresh
     assert compare(setup, ["eci"], [1], figures=False)["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
 
