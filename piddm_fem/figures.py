@@ -41,7 +41,7 @@ def plot_lines(axes: list[tuple], path, title: str | None = None, logy: bool = T
                xlabel: str = "", logx: bool = False, ncols: int | None = None) -> Path:
     """Save line plots side by side (``ncols`` per row, default all); returns the path. Each axis
     is (y label, {series name: (x, y)}) or (y label, series, x label); a series may be (x, y,
-    y error) and then carries error bars. A series name has the same colour in every axis."""
+    y error) and then carries error bars. A series name has the same colour and marker in every axis."""
     plt = _pyplot()
 
     ncols = ncols or len(axes)
@@ -53,9 +53,10 @@ def plot_lines(axes: list[tuple], path, title: str | None = None, logy: bool = T
         ax.axis("off")
     for ax, (ylabel, series, *own_xlabel) in zip(axs.flat, axes):
         for name, (x, y, *err) in series.items():
-            marker = "o" if len(x) < 12 else "." if len(x) < 40 else None
+            i = names.index(name)  # past the palette's colours, the same colours with other markers
+            marker = "osD^v"[i // len(palette) % 5] if len(x) < 12 else "." if len(x) < 40 else None
             ax.errorbar(x, y, yerr=err[0] if err else None, marker=marker, markersize=4, capsize=2, label=name,
-                        color=palette[names.index(name) % len(palette)])
+                        color=palette[i % len(palette)])
         ax.set_ylabel(ylabel), ax.set_xlabel(own_xlabel[0] if own_xlabel else xlabel)
         ax.set_yscale("log" if logy else "linear"), ax.set_xscale("log" if logx else "linear")
         ax.grid(alpha=0.3, which="both" if logx else "major")
