@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU measurement session, one 10-minute run through the device tool (torch only, no Firedrake
-# there), in order of cost:
-# 1. residual-operator throughput, stencil and general paths (issue 11, part 2);
+# there), issue 12 first after the cheap throughput rows:
+# 1. residual-operator throughput, stencil and general paths, eager and compiled (issue 11, part 2);
 # 2. training throughput, the plain path beside the fast path and each option, and a profile of the
-#    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile); then the
-#    teacher's sampling cost, i.e. the pair bank's, per layout, precision and batch;
+#    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile);
 # 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
-#    budget (warm-up not counted), the PIDDM student on the demo's schedule (its step at half-way is
-#    the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds.
+#    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA (its step
+#    at half-way is the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds;
+# 4. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
+#    and batch.
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
 # is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt, sampling.txt,
 # pipeline.txt, compare.md, 64 samples of the teacher and of PIDDM-1 (seed 0: `piddm validate` them here), and
@@ -16,18 +17,18 @@
 # state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
 # called again at once, skips the finished parts and continues the comparison at its first
 # unfinished method. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s (eager rows;
-# the compiled ones are new), teacher 138 s wall, pair bank + distillation 160 s, the comparison
-# about 110 s per seed at 16 task problems (hence 8 now: about 75 s, estimated). That is about
-# 13 minutes with the throughput parts, so: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s
-# 590), then at once, on the warm machine, the same with LIMIT set to what is left (about 200 s
-# of a 15-minute budget); if the lease is shorter, METHODS=teacher,PIDDM-1,PIDDM-ref,lambda=0
-# first.
+# the compiled ones are new), throughput 150 s, teacher 138 s wall, pair bank 79 s + distillation
+# 80 s per 1000 steps (2000 now: the residual was still falling at 1000), the comparison about
+# 110 s per seed at 16 task problems (8 now: about 75 s, estimated), sampling 60 s. About 14
+# minutes in all, so: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s 590), then at once, on
+# the warm machine, the same with LIMIT set to what is left (about 200 s of a 15-minute budget);
+# if the lease is shorter, METHODS=teacher,PIDDM-1,PIDDM-ref,lambda=0 first.
 # Tested at tiny size on the CPU:
 # tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-570}
-TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-1000} PAIRS=${PAIRS:-4096}
+TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-2000} LAMBDA=${LAMBDA:-5e-2} PAIRS=${PAIRS:-4096}
 GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-8} TSTEPS=${TSTEPS:-50}
 METHODS=${METHODS:-teacher,PIDDM-1,PIDDM-ref,lambda=0,diffusionpde-weak,dps-weak,eci,direct}
 COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/p64}
@@ -43,19 +44,19 @@ if [ ! -f "$RUN/throughput.txt" ]; then
   timeout 150 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
     --steps "$TSTEPS" --warmup 15 $COMPILE --profile --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
 fi
-if [ ! -f "$RUN/sampling.txt" ]; then  # the pair bank's cost: layout x fp32/bf16 x batch at N_s = 18
-  timeout 60 python3 benchmarks/teacher_sampling.py --size "$SIZE" --res 64 --batch 64 --steps 18 \
-    --devices "$DEVICE" --variants 2>&1 | tee "$RUN/sampling.txt"
-fi
-timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" \
+[ "$(left)" -gt 10 ] && timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" \
   --device "$DEVICE" --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 \
-  --distill-steps "$STEPS" --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" \
+  --distill-steps "$STEPS" --lambda-train "$LAMBDA" --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" \
   --task-problems "$PROBLEMS" --methods "$METHODS" 2>&1 | grep -v "━" | tee -a "$RUN/pipeline.txt"
 # samples (seed 0) for `piddm validate` back on the Firedrake machine
 if [ -f "$RUN/student/done" ] && [ ! -f "$RUN/samples_piddm1.h5" ]; then
   timeout 60 python3 -c "import sys; from piddm_fem.teacher import sample_teacher; from piddm_fem.student import sample_student
 r, d = sys.argv[1:]; sample_teacher(r + '/teacher', 64, 18, 0, r + '/samples_teacher.h5', device=d, progress=False)
 sample_student(r + '/student', 64, 0, out_path=r + '/samples_piddm1.h5', device=d)" "$RUN" "$DEVICE"
+fi
+if [ ! -f "$RUN/sampling.txt" ] && [ "$(left)" -gt 70 ]; then  # the pair bank's cost: layout x fp32/bf16 x batch at N_s = 18
+  timeout 60 python3 benchmarks/teacher_sampling.py --size "$SIZE" --res 64 --batch 64 --steps 18 \
+    --devices "$DEVICE" --variants 2>&1 | tee "$RUN/sampling.txt"
 fi
 # at most 8 files come back: the text files, the samples, and everything else in one archive
 (cd "$RUN" && tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='*.h5' ./*.json ./*.md ./*.png ./*.txt student/done 2>/dev/null)
