@@ -30,7 +30,7 @@ def network(args, device):
         net, ckpt = load_teacher(args.ckpt, device)
         S = ckpt["resolution"]
         return net, (len(ckpt["channels"]), S, S), f"{args.ckpt} ({ckpt['problem']}, step {ckpt['step']})"
-    net = EDMPrecond(UNet(preset(args.size, 2))).to(device, memory_format=memory_format(None))
+    net = EDMPrecond(UNet(preset(args.size, 2))).to(device, memory_format=memory_format(None, device))
     net = net.eval().requires_grad_(False)  # the layout every trained network runs in
     return net, (2, args.res, args.res), f"fresh {args.size} net"
 

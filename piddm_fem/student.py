@@ -65,7 +65,7 @@ class DistillConfig:
     delay_steps: int = 0          # lambda = 0 before this step, then the ramp
     physics_channels: str = "all"  # all | unknown: where the penalty's gradient enters
     k_steps: int = 1              # network evaluations per sample
-    channels_last: bool | None = None  # None: on (teacher.memory_format)
+    channels_last: bool | None = None  # None: teacher.memory_format's choice for float32 (off on CUDA)
 
 
 class Student(nn.Module):
@@ -113,7 +113,7 @@ class Distiller:
         checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
-        net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=memory_format(self.cfg.channels_last))
+        net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=memory_format(self.cfg.channels_last, device))
         self.student = Student(net, self.cfg.k_steps).train()
         self.poisson = DSTPoisson(self.operator.resolution).to(device)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")
@@ -310,9 +310,9 @@ def share_pair_bank(src_dir, dst_dir) -> None:
 def load_student(student_dir, device="cpu"):
     """(Student in eval mode, checkpoint dict, Normalizer, ResidualOperator)."""
     ckpt = checkpoint.load(student_dir, kind="student")
-    net = build_network(ckpt["config"])
+    net = build_network(ckpt["config"], device)
     net.load_state_dict(ckpt["ema"])
-    student = Student(net.to(device), ckpt["config"]["distill"].get("k_steps", 1)).eval()
+    student = Student(net, ckpt["config"]["distill"].get("k_steps", 1)).eval()
     op_path = checkpoint.resolve(student_dir).parent / OPERATOR_FILE
     if not op_path.is_file():
         raise PiddmError(f"{op_path.parent} holds no {OPERATOR_FILE} beside the student; copy it from "

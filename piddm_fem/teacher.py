@@ -56,7 +56,7 @@ class TrainConfig:
     embedding: str = "positional"
     workers: int = 0
     compile: bool = False               # torch.compile the network (eager if compilation fails)
-    channels_last: bool | None = None   # None: on (faster on CUDA and CPU, benchmarks/train_throughput.py)
+    channels_last: bool | None = None   # None: teacher.memory_format's choice (on; CUDA trains in bf16)
     fused: bool | None = None           # fused AdamW; None: on for CUDA
     resident: bool = True               # keep a split that fits in memory on the device
 
@@ -93,11 +93,18 @@ def distributed(device: str = "auto"):
             dist.destroy_process_group()
 
 
-def memory_format(channels_last: bool | None) -> torch.memory_format:
-    """The network's weight layout: channels_last unless turned off (None, the default, is on; the
-    U-Net runs its input in its weights' layout, ``UNet.forward``). Measured faster on CUDA (bf16)
-    and on the CPU (1.2x at S = 33 and 2x at S = 64, `tiny`, 2 threads)."""
-    return torch.contiguous_format if channels_last is False else torch.channels_last
+def memory_format(channels_last: bool | None, device=None, bf16: bool = False) -> torch.memory_format:
+    """The network's weight layout (the U-Net runs its input in it, ``UNet.forward``). True or
+    False is obeyed. None, the default, is channels_last (faster on the CPU: 1.2x at S = 33 and 2x
+    at S = 64, `tiny`, 2 threads), except for float32 on CUDA (``bf16`` False, e.g. the student and
+    every sampler): there F.group_norm makes a channels-last input contiguous (PyTorch keeps the
+    layout on the CPU only) and the next convolution converts it back, two copies of the activation
+    per norm; on the H200 the fp32 student ran at 0.82x of the contiguous layout. The teacher's
+    bf16 training on CUDA keeps channels_last (tensor-core convolutions; torch.compile fuses the
+    norms)."""
+    if channels_last is None:
+        channels_last = not (torch.device(device or "cpu").type == "cuda" and not bf16)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def compiled(module):
@@ -120,11 +127,11 @@ def compiled(module):
     return call
 
 
-def build_network(ckpt_config: dict) -> EDMPrecond:
-    """The preconditioned U-Net described by a checkpoint's ``config`` (untrained weights, in the
-    default layout of ``memory_format``)."""
+def build_network(ckpt_config: dict, device="cpu") -> EDMPrecond:
+    """The preconditioned U-Net described by a checkpoint's ``config`` (untrained weights) on
+    ``device``, in the default float32 layout there (``memory_format``)."""
     net = EDMPrecond(UNet(UNetConfig.from_dict(ckpt_config["net"])), ckpt_config["sigma_data"])
-    return net.to(memory_format=memory_format(None))
+    return net.to(device, memory_format=memory_format(None, device))
 
 
 def _resolve_config(ckpt: dict | None, settings: dict) -> TrainConfig:
@@ -179,7 +186,8 @@ class TeacherTrainer:
 
         torch.manual_seed(self.cfg.seed)
         self.loss_fn = loss_fn or EDMLoss()
-        self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device, memory_format=memory_format(self.cfg.channels_last))
+        layout = memory_format(self.cfg.channels_last, device, bf16=device.type == "cuda")  # the autocast of train_step
+        self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device, memory_format=layout)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         fused = self.cfg.fused if self.cfg.fused is not None else device.type == "cuda"
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -345,9 +353,9 @@ def train_teacher(data_path, out_dir, steps: int, batch: int | None = None, size
 def load_teacher(ckpt_or_dir, device="cpu") -> tuple[EDMPrecond, dict]:
     """(EMA denoiser in normalised space, eval mode, no grad; checkpoint dict)."""
     ckpt = checkpoint.load(ckpt_or_dir, kind="teacher")
-    net = build_network(ckpt["config"])
+    net = build_network(ckpt["config"], device)
     net.load_state_dict(ckpt["ema"])
-    return net.to(device).eval().requires_grad_(False), ckpt
+    return net.eval().requires_grad_(False), ckpt
 
 
 def dataset_splits(ckpt: dict, data_path):

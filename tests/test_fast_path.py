@@ -61,3 +61,16 @@ def test_student_fast_path_matches_the_plain_path(tiny_teacher, darcy_file, tmp_
         runs[layout] = (stats, d.student.net.state_dict())
     assert np.isclose(runs[False][0]["val_regression"], runs[True][0]["val_regression"], rtol=1e-4)
     assert_close_weights(runs[False][1], runs[True][1], 1e-4)
+
+
+def test_layout_default_is_channels_last_except_float32_on_cuda():
+    """teacher.memory_format: the default layout per device and precision; an explicit choice wins."""
+    from piddm_fem.teacher import memory_format
+
+    assert memory_format(None, "cpu") is torch.channels_last
+    assert memory_format(None, torch.device("cuda")) is torch.contiguous_format  # fp32: group_norm copies
+    assert memory_format(None, "cuda", bf16=True) is torch.channels_last
+    assert memory_format(True, "cuda") is torch.channels_last and memory_format(False, "cpu") is torch.contiguous_format
+    # why it is on for the CPU: group_norm keeps a channels-last activation there (on CUDA it makes it contiguous)
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    assert torch.nn.functional.group_norm(x, 4).is_contiguous(memory_format=torch.channels_last)
