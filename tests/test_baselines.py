@@ -195,6 +195,19 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
         assert (out / png).stat().st_size > 10_000
 
 
+def test_a_k_step_student_counts_k_network_calls_per_sample(darcy20, tmp_path):
+    from piddm_fem.baselines import build
+    from piddm_fem.evaluation import QUICK, load_setup
+    from piddm_fem.student import distill
+
+    distill(darcy20 / "teacher", darcy20 / "data.h5", tmp_path / "k2", steps=2, device="cpu", progress=False,
+            k_steps=2, pairs=4, teacher_steps=2, batch=4, val_pairs=4, val_every=2, refresh=0)
+    setup = load_setup(darcy20 / "data.h5", darcy20 / "teacher", {"PIDDM": tmp_path / "k2"}, QUICK, "cpu")
+    one, ref = build(["PIDDM-1", "PIDDM-ref"], setup)
+    assert one.nfe == 2 and ref.nfe == 2 * (1 + QUICK.refine_steps)
+    assert one.sample(3, 0).shape == (3, 2, 17, 17)
+
+
 @pytest.mark.firedrake
 def test_compare_bad_input_is_one_line(cli, darcy20, tiny_student, tmp_path):
     base = ("compare", darcy20 / "data.h5", "--teacher", darcy20 / "teacher", "--out", tmp_path / "o",
