@@ -36,13 +36,13 @@ s = int(steps)
 # (the penalty after the regression is learned, through u only): the one-step student at the knee
 # (5e-2), the 2-step student at 5e-2 and 1e-1 (on the CPU 0.31x and 0.27x the teacher's residual,
 # SMSE within 1.7x), the one-step student at 1e-1, the control lambda = 0, the demo's 2e-2
-late = {"batch": 64}
-variants = [dict(name="l2_5e-2_delay_u", **late_physics(s, 5e-2), **late),
-            dict(name="k2_l2_5e-2_delay_u", k_steps=2, **late_physics(s, 5e-2), **late),
-            dict(name="k2_l2_1e-1_delay_u", k_steps=2, **late_physics(s, 1e-1), **late),
-            dict(name="l2_1e-1_delay_u", **late_physics(s, 1e-1), **late),
-            dict(name="lambda0", lambda_train=0.0, **late),
-            dict(name="l2_2e-2_delay_u", **late_physics(s, 2e-2), **late)]
+b64 = {"batch": 64}
+variants = [dict(name="l2_5e-2_delay_u", **late_physics(s, 5e-2), **b64),
+            dict(name="k2_l2_5e-2_delay_u", k_steps=2, **late_physics(s, 5e-2), **b64),
+            dict(name="k2_l2_1e-1_delay_u", k_steps=2, **late_physics(s, 1e-1), **b64),
+            dict(name="l2_1e-1_delay_u", **late_physics(s, 1e-1), **b64),
+            dict(name="lambda0", lambda_train=0.0, **b64),
+            dict(name="l2_2e-2_delay_u", **late_physics(s, 2e-2), **b64)]
 for v in variants:
     v["steps"] = s
 subprocess.run([sys.executable, "benchmarks/distill_ablation.py", "--data", data, "--teacher", f"{run}/teacher",

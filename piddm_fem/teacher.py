@@ -103,7 +103,7 @@ def memory_format(channels_last: bool | None, device=None, bf16: bool = False) -
     path (which also read its loss every step). The teacher's bf16 training on CUDA keeps
     channels_last (tensor-core convolutions; torch.compile fuses the norms)."""
     if channels_last is None:
-        channels_last = not (torch.device(device or "cpu").type == "cuda" and not bf16)
+        channels_last = bf16 or torch.device(device or "cpu").type != "cuda"
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -186,7 +186,8 @@ class TeacherTrainer:
 
         torch.manual_seed(self.cfg.seed)
         self.loss_fn = loss_fn or EDMLoss()
-        layout = memory_format(self.cfg.channels_last, device, bf16=device.type == "cuda")  # the autocast of train_step
+        self.bf16 = device.type == "cuda"  # autocast of the training and validation steps
+        layout = memory_format(self.cfg.channels_last, device, bf16=self.bf16)
         self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device, memory_format=layout)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         fused = self.cfg.fused if self.cfg.fused is not None else device.type == "cuda"
@@ -264,7 +265,7 @@ class TeacherTrainer:
         self.gen.manual_seed(int(seed[0]))
         for group in self.opt.param_groups:
             group["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / max(self.cfg.warmup, 1))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.loss_fn(self.model, x, generator=self.gen).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -287,7 +288,7 @@ class TeacherTrainer:
         total = 0.0
         for x in loader:
             x = x.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 total += float(self.loss_fn(self.ema, x, generator=gen).mean(dim=(1, 2, 3)).sum())
         return total / len(self.val)
 
