@@ -5,8 +5,8 @@
 # 2. training throughput, the plain path beside the fast path and each option, and a profile of the
 #    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile);
 # 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
-#    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA (its step
-#    at half-way is the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds;
+#    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA and its
+#    regression targets $TARGETS (teacher or solved; its step at half-way is the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds;
 # 4. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
 #    and batch.
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
@@ -28,7 +28,7 @@
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-570}
-TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-2000} LAMBDA=${LAMBDA:-5e-2} PAIRS=${PAIRS:-4096}
+TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-2000} LAMBDA=${LAMBDA:-5e-2} TARGETS=${TARGETS:-teacher} PAIRS=${PAIRS:-4096}
 GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-8} TSTEPS=${TSTEPS:-50}
 METHODS=${METHODS:-teacher,PIDDM-1,PIDDM-ref,lambda=0,diffusionpde-weak,dps-weak,eci,direct}
 COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/p64}
@@ -46,7 +46,7 @@ if [ ! -f "$RUN/throughput.txt" ]; then
 fi
 [ "$(left)" -gt 10 ] && timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" \
   --device "$DEVICE" --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 \
-  --distill-steps "$STEPS" --lambda-train "$LAMBDA" --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" \
+  --distill-steps "$STEPS" --lambda-train "$LAMBDA" --targets "$TARGETS" --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" \
   --task-problems "$PROBLEMS" --methods "$METHODS" 2>&1 | grep -v "━" | tee -a "$RUN/pipeline.txt"
 # samples (seed 0) for `piddm validate` back on the Firedrake machine
 if [ -f "$RUN/student/done" ] && [ ! -f "$RUN/samples_piddm1.h5" ]; then

@@ -25,6 +25,8 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
             physics_channels: Optional[str] = typer.Option(None, "--physics-channels",
                                                            help="all | unknown: channels the penalty's gradient reaches."),
             k_steps: Optional[int] = typer.Option(None, "--k-steps", help="Network evaluations per sample (1: one-step)."),
+            targets: Optional[str] = typer.Option(None, "--targets", help="teacher | solved: regress on the teacher's "
+                                                  "samples, or on its coefficients with the unknown solved exactly."),
             pairs: Optional[int] = typer.Option(None, "--pairs", help="Pairs in the bank."),
             teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="Heun steps N_s of the teacher."),
             refresh: Optional[int] = typer.Option(None, "--refresh", help="Refresh part of the bank every K steps (0: never)."),
@@ -39,7 +41,7 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
 
     stats = run_distill(teacher_dir, data, out_dir, steps, device=device, resume=resume,
                         lambda_train=lambda_train, ramp_steps=ramp, delay_steps=delay, physics_norm=physics_norm,
-                        physics_channels=physics_channels, k_steps=k_steps, pairs=pairs,
+                        physics_channels=physics_channels, k_steps=k_steps, targets=targets, pairs=pairs,
                         teacher_steps=teacher_steps, refresh=refresh, batch=batch, lr=lr, seed=seed)
     if stats["interrupted"]:
         raise KeyboardInterrupt

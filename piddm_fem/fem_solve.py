@@ -41,18 +41,19 @@ class LinearFEMSolve:
     """u(c) for ``operator``'s problem: ``solve(x)`` with x [B, C, S, S] (the unknown's channel is
     ignored) returns x with the unknown replaced by the FEM solution, differentiable in x."""
 
-    def __init__(self, operator: ResidualOperator):
+    def __init__(self, operator: ResidualOperator, instead: str = "use --physics soft"):
+        """``instead``: what the one-line error on an unsupported form tells the user to do."""
         u = operator.unknown
         degrees = [combo.count(u) for combo in operator.term_channels]
         if max(degrees, default=0) > 1:
             raise PiddmError(f"{operator.problem} is nonlinear in the unknown; the exact-physics solve "
-                             "handles forms linear in u only (use --physics soft)")
+                             f"handles forms linear in u only ({instead})")
         if 1 not in degrees:
             raise PiddmError(f"{operator.problem}: the form does not depend on the unknown; nothing to solve")
         boundary = torch.from_numpy(grid.boundary_mask(operator.resolution)).reshape(-1)
         if operator.data_mask.any() or not torch.equal(operator.bc_mask.cpu(), boundary):
             raise PiddmError(f"{operator.problem}: the exact-physics solve needs the unknown prescribed "
-                             "(Dirichlet) on the whole boundary; use --physics soft")
+                             f"(Dirichlet) on the whole boundary; {instead}")
         self.operator = operator
         self.matrix_terms = [n for n, d in enumerate(degrees) if d == 1]
         S = operator.resolution

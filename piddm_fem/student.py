@@ -11,6 +11,9 @@ applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure distillation; 
 penalty's gradient reach the network through the unknown's channel only. ``k_steps`` = k > 1
 makes a k-step student (NFE = k): k Euler steps of the probability-flow ODE with the student's
 denoiser on EDM's k-level schedule, trained end to end on the same pairs; k = 1 is G above.
+``targets="solved"`` regresses on the teacher's coefficients with the unknown replaced by the exact
+solve for them (``piddm_fem.fem_solve``, forms linear in the unknown): targets with zero residual,
+so that the regression and the penalty pull towards the same fields.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from piddm_fem.data import Normalizer
 from piddm_fem.dual_norm import DSTPoisson, dual_loss
 from piddm_fem.edm import SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
+from piddm_fem.fem_solve import LinearFEMSolve
 from piddm_fem.pairs import PairBank
 from piddm_fem.progress import progress_bar
 from piddm_fem.residual import ResidualOperator
@@ -44,7 +48,8 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "batch": ("--batch", "[1, inf)"), "lr": ("--lr", "(0, inf)"),
           "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
           "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]")}
-PHYSICS_NORMS, PHYSICS_CHANNELS = ("l2", "dual"), ("all", "unknown")
+PHYSICS_NORMS, PHYSICS_CHANNELS, TARGETS = ("l2", "dual"), ("all", "unknown"), ("teacher", "solved")
+SOLVE_CHUNK = 256  # targets solved per batch (the block LU holds B x S^4 stencil entries)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class DistillConfig:
     delay_steps: int = 0          # lambda = 0 before this step, then the ramp
     physics_channels: str = "all"  # all | unknown: where the penalty's gradient enters
     k_steps: int = 1              # network evaluations per sample
+    targets: str = "teacher"      # teacher | solved: the unknown solved exactly for the teacher's coefficients
     channels_last: bool | None = None  # None: teacher.memory_format's choice for float32 (off on CUDA)
 
 
@@ -107,7 +113,8 @@ class Distiller:
             self.cfg = DistillConfig(**settings)
         checks.check_options(self.cfg, RANGES)
         for value, allowed, option in ((self.cfg.physics_norm, PHYSICS_NORMS, "--physics-norm"),
-                                       (self.cfg.physics_channels, PHYSICS_CHANNELS, "--physics-channels")):
+                                       (self.cfg.physics_channels, PHYSICS_CHANNELS, "--physics-channels"),
+                                       (self.cfg.targets, TARGETS, "--targets")):
             if value not in allowed:
                 raise PiddmError(f"unknown {option} {value!r}; choose {' or '.join(allowed)}")
         checks.output_dir(self.out_dir)
@@ -116,6 +123,8 @@ class Distiller:
         net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=memory_format(self.cfg.channels_last, device))
         self.student = Student(net, self.cfg.k_steps).train()
         self.poisson = DSTPoisson(self.operator.resolution).to(device)
+        self.solver = (LinearFEMSolve(self.operator, instead="distil on the teacher's samples: --targets teacher")
+                       if self.cfg.targets == "solved" else None)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")
         self.step, self.best_val, self.history, self.train_seconds = 0, float("inf"), [], 0.0
         if prev is not None:
@@ -198,7 +207,7 @@ class Distiller:
         t0, interrupted, stats, status = time.perf_counter(), False, {}, ""
         self._run_start = t0
         start = self.step
-        bank = self._resident_bank()
+        bank, val_targets = self._resident_bank(), self.targets(val_x0.to(self.device))
         try:
             with progress_bar(disable=not progress) as bar:
                 task = bar.add_task("distill", total=steps, completed=self.step, status="")
@@ -218,7 +227,7 @@ class Distiller:
                     if self.step == cfg.delay_steps:  # pure distillation so far: the lambda = 0 ablation
                         self.save(PHYSICS_START, replace(cfg, lambda_train=0.0, delay_steps=0, ramp_steps=0))
                     if self.step % cfg.val_every == 0 or self.step == steps:
-                        stats = self.validate(val_eps.to(self.device), val_x0.to(self.device))
+                        stats = self.validate(val_eps.to(self.device), val_targets)
                         self.save(checkpoint.LAST)
                     if self.step % LOG_EVERY == 0 or self.step == steps:  # host reads wait for the GPU
                         rate = (self.step - start) / (time.perf_counter() - t0)
@@ -236,8 +245,18 @@ class Distiller:
                 "interrupted": interrupted, "out": str(self.out_dir)}
 
     def _resident_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pair bank's (eps, x0) on the device (the same tensors on the CPU), indexed there."""
-        return self.bank.eps.to(self.device), self.bank.x0.to(self.device)
+        """The pair bank's (eps, regression targets) on the device, indexed there."""
+        return self.bank.eps.to(self.device), self.targets(self.bank.x0.to(self.device))
+
+    @torch.no_grad()
+    def targets(self, x0: torch.Tensor) -> torch.Tensor:
+        """The regression targets of the teacher's samples x0 (normalised): x0 itself, or with
+        ``targets="solved"`` x0's coefficients with the unknown solved for them in float64."""
+        if self.solver is None:
+            return x0
+        solved = [self.normalizer.normalize(self.solver.solve(self.normalizer.denormalize(chunk.double())))
+                  for chunk in x0.split(SOLVE_CHUNK)]
+        return torch.cat(solved).to(x0.dtype)
 
     @torch.no_grad()
     def validate(self, eps, x0) -> dict:

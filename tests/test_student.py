@@ -180,3 +180,31 @@ def test_sample_and_infer_commands_write_validatable_files(cli, tiny_student, da
         assert np.array_equal(f["fields"][:][m], f["truth"][:][m])
     code, _, err = cli("validate", tmp_path / "inv.h5", "--json", tmp_path / "inv.json")
     assert code == 0, err
+
+
+def test_solved_targets_keep_the_teachers_coefficients_with_zero_residual(tiny_teacher, darcy_file, tmp_path):
+    d = Distiller(tiny_teacher, darcy_file, tmp_path / "solved",
+                  {"targets": "solved", "pairs": 4, "teacher_steps": 2, "val_pairs": 2, "val_every": 1},
+                  torch.device("cpu"), False)
+    d.bank.fill(progress=False)
+    _, targets = d._resident_bank()
+    teacher = d.normalizer.denormalize(d.bank.x0.double())
+    solved = d.normalizer.denormalize(targets.double())
+    u, coefficients = d.operator.unknown, [c for c in range(teacher.shape[1]) if c != d.operator.unknown]
+    assert torch.allclose(solved[:, coefficients], teacher[:, coefficients], rtol=1e-6, atol=1e-6)
+    assert (solved[:, u] - teacher[:, u]).abs().max() > 1e-3  # a tiny teacher's u is far from its a's solution
+    assert d.operator.relative(solved).max() < 1e-4 < d.operator.relative(teacher).min()  # float32 targets
+    stats = d.run(2, progress=False)
+    assert stats["step"] == 2 and np.isfinite(stats["val_regression"])
+    assert checkpoint.load(tmp_path / "solved", kind="student")["config"]["distill"]["targets"] == "solved"
+
+
+def test_solved_targets_need_a_form_linear_in_the_unknown(cli, rd_student, tiny_teacher, darcy_file, tmp_path):
+    data, teacher, _ = rd_student
+    code, _, err = cli("distill", teacher, "--data", data, "--out", tmp_path / "rd", "--targets", "solved",
+                       "--steps", 1, "--pairs", 2, "--teacher-steps", 1, "--device", "cpu")
+    assert code != 0 and "nonlinear in the unknown" in err and "--targets teacher" in err
+    assert "Traceback" not in err
+    code, _, err = cli("distill", tiny_teacher, "--data", darcy_file, "--out", tmp_path / "d",
+                       "--targets", "exact", "--steps", 1, "--device", "cpu")
+    assert code != 0 and "unknown --targets 'exact'; choose teacher or solved" in err
