@@ -49,7 +49,7 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
           "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]")}
 PHYSICS_NORMS, PHYSICS_CHANNELS, TARGETS = ("l2", "dual"), ("all", "unknown"), ("teacher", "solved")
-SOLVE_CHUNK = 256  # targets solved per batch (the block LU holds B x S^4 stencil entries)
+SOLVE_BYTES = 256 << 20  # memory for the stencil blocks of one batch of solved targets (3 S^3 float64 per field)
 
 
 @dataclass
@@ -254,8 +254,9 @@ class Distiller:
         ``targets="solved"`` x0's coefficients with the unknown solved for them in float64."""
         if self.solver is None:
             return x0
-        solved = [self.normalizer.normalize(self.solver.solve(self.normalizer.denormalize(chunk.double())))
-                  for chunk in x0.split(SOLVE_CHUNK)]
+        chunk = max(1, SOLVE_BYTES // (24 * x0.shape[-1] ** 3))
+        solved = [self.normalizer.normalize(self.solver.solve(self.normalizer.denormalize(part.double())))
+                  for part in x0.split(chunk)]
         return torch.cat(solved).to(x0.dtype)
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from piddm_fem import pairs as pairs_module
+from piddm_fem import student as student_module
 from piddm_fem import checkpoint, schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.pairs import PairBank
@@ -182,7 +183,8 @@ def test_sample_and_infer_commands_write_validatable_files(cli, tiny_student, da
     assert code == 0, err
 
 
-def test_solved_targets_keep_the_teachers_coefficients_with_zero_residual(tiny_teacher, darcy_file, tmp_path):
+def test_solved_targets_keep_the_teachers_coefficients_with_zero_residual(tiny_teacher, darcy_file, tmp_path,
+                                                                          monkeypatch):
     d = Distiller(tiny_teacher, darcy_file, tmp_path / "solved",
                   {"targets": "solved", "pairs": 4, "teacher_steps": 2, "val_pairs": 2, "val_every": 1},
                   torch.device("cpu"), False)
@@ -194,6 +196,8 @@ def test_solved_targets_keep_the_teachers_coefficients_with_zero_residual(tiny_t
     assert torch.allclose(solved[:, coefficients], teacher[:, coefficients], rtol=1e-6, atol=1e-6)
     assert (solved[:, u] - teacher[:, u]).abs().max() > 1e-3  # a tiny teacher's u is far from its a's solution
     assert d.operator.relative(solved).max() < 1e-4 < d.operator.relative(teacher).min()  # float32 targets
+    monkeypatch.setattr(student_module, "SOLVE_BYTES", 24 * 17**3)  # one field per chunk: the same targets
+    assert torch.allclose(d.targets(d.bank.x0), targets, rtol=0, atol=1e-6)
     stats = d.run(2, progress=False)
     assert stats["step"] == 2 and np.isfinite(stats["val_regression"])
     assert checkpoint.load(tmp_path / "solved", kind="student")["config"]["distill"]["targets"] == "solved"
