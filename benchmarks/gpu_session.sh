@@ -5,8 +5,9 @@
 # 2. training throughput, the plain path beside the fast path and each option, and a profile of the
 #    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile);
 # 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
-#    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA and its
-#    regression targets $TARGETS (teacher or solved; its step at half-way is the lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds;
+#    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA and the
+#    regression targets $TARGETS (teacher or solved; its step at half-way is the lambda_train = 0
+#    row), and the methods $METHODS on that teacher over 3 seeds;
 # 4. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
 #    and batch.
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
