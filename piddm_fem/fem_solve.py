@@ -19,6 +19,8 @@ from piddm_fem import grid
 from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
 
+CHUNK_BYTES = 256 << 20  # memory for the stencil blocks of one batch of solves
+
 
 def block_tridiagonal_solve(lower, diag, upper, rhs):
     """Solve the block tridiagonal systems [B, m blocks of size k]: row block j is
@@ -76,8 +78,14 @@ class LinearFEMSolve:
         return blocks.index_add(1, self.block_index, local.reshape(B, -1)).reshape(B, S, 3, S, S)
 
     def solve(self, x: torch.Tensor) -> torch.Tensor:
+        """The fields x with the unknown solved, in batches whose stencil blocks (3 S^3 entries
+        per field) take at most CHUNK_BYTES."""
+        self.operator.check_input(x)
+        chunk = max(1, CHUNK_BYTES // (3 * self.operator.resolution ** 3 * x.element_size()))
+        return torch.cat([self._solve(part) for part in x.split(chunk)]) if len(x) > chunk else self._solve(x)
+
+    def _solve(self, x: torch.Tensor) -> torch.Tensor:
         op = self.operator
-        op.check_input(x)
         S = op.resolution
         g = op.bc_values.to(x.dtype).reshape(S, S)
         bc = op.bc_mask.reshape(S, S)

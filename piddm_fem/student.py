@@ -49,7 +49,6 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
           "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]")}
 PHYSICS_NORMS, PHYSICS_CHANNELS, TARGETS = ("l2", "dual"), ("all", "unknown"), ("teacher", "solved")
-SOLVE_BYTES = 256 << 20  # memory for the stencil blocks of one batch of solved targets (3 S^3 float64 per field)
 
 
 @dataclass
@@ -254,10 +253,8 @@ class Distiller:
         ``targets="solved"`` x0's coefficients with the unknown solved for them in float64."""
         if self.solver is None:
             return x0
-        chunk = max(1, SOLVE_BYTES // (24 * x0.shape[-1] ** 3))
-        solved = [self.normalizer.normalize(self.solver.solve(self.normalizer.denormalize(part.double())))
-                  for part in x0.split(chunk)]
-        return torch.cat(solved).to(x0.dtype)
+        solved = self.solver.solve(self.normalizer.denormalize(x0.double()))  # in chunks of bounded memory
+        return self.normalizer.normalize(solved).to(x0.dtype)
 
     @torch.no_grad()
     def validate(self, eps, x0) -> dict:

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from piddm_fem import pairs as pairs_module
-from piddm_fem import student as student_module
-from piddm_fem import checkpoint, schema
+from piddm_fem import checkpoint, fem_solve, schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.pairs import PairBank
 from piddm_fem.student import Distiller, load_student, student_noise
@@ -196,7 +195,7 @@ def test_solved_targets_keep_the_teachers_coefficients_with_zero_residual(tiny_t
     assert torch.allclose(solved[:, coefficients], teacher[:, coefficients], rtol=1e-6, atol=1e-6)
     assert (solved[:, u] - teacher[:, u]).abs().max() > 1e-3  # a tiny teacher's u is far from its a's solution
     assert d.operator.relative(solved).max() < 1e-4 < d.operator.relative(teacher).min()  # float32 targets
-    monkeypatch.setattr(student_module, "SOLVE_BYTES", 24 * 17**3)  # one field per chunk: the same targets
+    monkeypatch.setattr(fem_solve, "CHUNK_BYTES", 24 * 17**3)  # one field per chunk: the same targets
     assert torch.allclose(d.targets(d.bank.x0), targets, rtol=0, atol=1e-6)
     stats = d.run(2, progress=False)
     assert stats["step"] == 2 and np.isfinite(stats["val_regression"])
