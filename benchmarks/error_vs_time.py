@@ -58,7 +58,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1, 2])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", default=METHODS, help=f"comma-separated [{METHODS}]")
-    p.add_argument("--tasks", help="comma-separated [every task of the problem]")
+    p.add_argument("--tasks", help="comma-separated [every task of the problem]; none: the samples alone")
     p.add_argument("--guidance-steps", type=int, help="the guided samplers' steps at scale 1 [200]")
     p.add_argument("--n-eval", type=int)
     p.add_argument("--task-problems", type=int)
@@ -70,12 +70,12 @@ def main(argv=None) -> list[dict]:
     base = make_budget(args.teacher, args.quick, guidance_steps=args.guidance_steps, n_eval=args.n_eval,
                        task_problems=args.task_problems)
     scales = sorted(args.scales)
+    tasks = None if not args.tasks else [] if args.tasks == "none" else args.tasks.split(",")
     docs = []
     for s in scales:
         where = out / f"scale_{s:g}"
         setup = load_setup(args.data, args.teacher, students, scaled(base, s), args.device, where)
-        doc = compare(setup, args.methods.split(","), args.seeds, args.tasks.split(",") if args.tasks else None,
-                      figures=False)
+        doc = compare(setup, args.methods.split(","), args.seeds, tasks, figures=False)
         write_compare(where, doc)
         docs.append(doc)
         print(f"scale {s:g}: " + "; ".join(

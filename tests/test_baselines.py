@@ -306,6 +306,12 @@ def test_error_against_time_scales_every_method_alike(darcy20, tmp_path):
     # a rerun reuses every saved row of every scale: nothing is sampled again
     again = evt.main(argv)
     assert [d["methods"] for d in again] == [d["methods"] for d in docs]
+    # --tasks none: the samples' curve alone (issue 12's PIDDM-ref against its refinement steps)
+    alone = evt.main(["--data", str(darcy20 / "data.h5"), "--teacher", str(darcy20 / "teacher"), "--student",
+                      str(darcy20 / "student"), "--out", str(tmp_path / "alone"), "--scales", "1", "2", "--seeds", "0",
+                      "--quick", "--methods", "PIDDM-ref", "--tasks", "none", "--device", "cpu"])
+    assert [a[0] for a in tradeoff_axes(alone)] == ["relative residual of samples"]
+    assert [d["methods"][0]["settings"]["refine_steps"] for d in alone] == [b["refine_steps"] for b in budgets]
 
 
 def test_claims_report_a_failure_with_the_numbers():
