@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # The GPU measurement session, one 10-minute run through the device tool (torch only, no Firedrake
-# there), issue 12 first after the cheap throughput rows:
-# 1. residual-operator throughput, stencil and general paths, eager and compiled (issue 11, part 2);
-# 2. training throughput, the plain path beside the fast path and each option, and a profile of the
-#    eager steps (issue 11, part 1; benchmarks/train_throughput.py with torch.compile);
-# 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
-#    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA and the
-#    regression targets $TARGETS (teacher or solved; its step at half-way is the lambda_train = 0
-#    row), and the methods $METHODS on that teacher over 3 seeds. Default solved targets at 1e-1:
-#    on the CPU the one-step point nearest issue 12's goal, 0.35x the teacher's residual with every
-#    MMSE within 1.1x, over 3 seeds (docs/results.md);
+# there), issue 12's quality first (the brief: a lent GPU goes to the quality issues), then issue
+# 11's throughput rows with the time left:
+# 1. residual-operator throughput, stencil and general paths, eager and compiled (issue 11, part 2;
+#    30 s);
+# 2. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
+#    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA, $STEPS
+#    steps and the regression targets $TARGETS (teacher or solved; its step at half-way is the
+#    lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds. Defaults from
+#    the CPU (docs/results.md, issue 12, sixth session): solved targets at 1e-1 for 3000 steps, the
+#    one-step student at 0.29x the teacher's residual over 3 seeds, where 2000 steps gave 0.35x;
+#    `TARGETS=teacher LAMBDA=5e-2 STEPS=2000` is the last protocol;
+# 3. with the time left, training throughput, the plain path beside the fast path and each option,
+#    and a profile of the eager steps (issue 11, part 1; benchmarks/train_throughput.py with
+#    torch.compile);
 # 4. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
-#    and batch.
+#    and batch;
 # 5. with the time still left, the samples' error against time with every method's steps x4 and
 #    x8 (benchmarks/error_vs_time.py --tasks none): PIDDM-ref's 0.1x goal needs more refinement
-#    than the comparison's 40 steps (0.08x at 320 on the CPU, docs/results.md).
+#    than the comparison's 40 steps (0.08x at 320 on the CPU).
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
 # is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt, sampling.txt,
 # pipeline.txt, compare.md, 64 samples of the teacher and of PIDDM-1 (seed 0: `piddm validate` them here), and
@@ -22,19 +26,19 @@
 # Rerunnable: the run stops itself at $LIMIT seconds (Ctrl-C to the pipeline, which saves its
 # state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
 # called again at once, skips the finished parts and continues the comparison at its first
-# unfinished method. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s (eager rows;
-# the compiled ones are new), throughput 150 s, teacher 138 s wall, pair bank 79 s + distillation
-# 80 s per 1000 steps (2000 now: the residual was still falling at 1000), the comparison about
-# 110 s per seed at 16 task problems (8 now: about 75 s, estimated), sampling 60 s. About 14
-# minutes in all, so: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s 590), then at once, on
-# the warm machine, the same with LIMIT set to what is left (about 200 s of a 15-minute budget);
-# if the lease is shorter, METHODS=teacher,PIDDM-1,PIDDM-ref,lambda=0 first.
+# unfinished method. Costs on the H200 (2026-11-27, docs/results.md): residual 30 s, teacher 138 s
+# wall, pair bank 79 s + distillation 80 s per 1000 steps (3000 now), the comparison about 110 s
+# per seed at 16 task problems (8 now: about 75 s, estimated), throughput 150 s, sampling 60 s.
+# About 15 minutes in all, so: `LIMIT=560 bash benchmarks/gpu_session.sh` (timeout_s 590), then at
+# once, on the warm machine, the same with LIMIT set to what is left (about 200 s of a 15-minute
+# budget): the comparison fits, the throughput rows may not; if the lease is shorter,
+# METHODS=teacher,PIDDM-1,PIDDM-ref,lambda=0 first.
 # Tested at tiny size on the CPU:
 # tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-570}
-TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-2000} LAMBDA=${LAMBDA:-1e-1} TARGETS=${TARGETS:-solved} PAIRS=${PAIRS:-4096}
+TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-3000} LAMBDA=${LAMBDA:-1e-1} TARGETS=${TARGETS:-solved} PAIRS=${PAIRS:-4096}
 GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-8} TSTEPS=${TSTEPS:-50}
 METHODS=${METHODS:-teacher,PIDDM-1,PIDDM-ref,lambda=0,diffusionpde-weak,dps-weak,eci,direct}
 COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/p64}
@@ -46,10 +50,6 @@ if [ ! -f "$RUN/residual.txt" ]; then
   timeout 60 python3 benchmarks/residual_throughput.py --operator "$DATA/darcy64.h5" --operator "$DATA/op128.h5" \
     2>&1 | tee "$RUN/residual.txt"
 fi
-if [ ! -f "$RUN/throughput.txt" ]; then
-  timeout 150 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
-    --steps "$TSTEPS" --warmup 15 $COMPILE --profile --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
-fi
 [ "$(left)" -gt 10 ] && timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" --out "$RUN" \
   --device "$DEVICE" --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 \
   --distill-steps "$STEPS" --lambda-train "$LAMBDA" --targets "$TARGETS" --distill-batch 64 --pairs "$PAIRS" --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" \
@@ -60,11 +60,15 @@ if [ -f "$RUN/student/done" ] && [ ! -f "$RUN/samples_piddm1.h5" ]; then
 r, d = sys.argv[1:]; sample_teacher(r + '/teacher', 64, 18, 0, r + '/samples_teacher.h5', device=d, progress=False)
 sample_student(r + '/student', 64, 0, out_path=r + '/samples_piddm1.h5', device=d)" "$RUN" "$DEVICE"
 fi
+if [ ! -f "$RUN/throughput.txt" ] && [ "$(left)" -gt 160 ]; then  # issue 11, part 1
+  timeout 150 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 \
+    --steps "$TSTEPS" --warmup 15 $COMPILE --profile --device "$DEVICE" --json "$RUN/throughput.json" 2>&1 | tee "$RUN/throughput.txt"
+fi
 if [ ! -f "$RUN/sampling.txt" ] && [ "$(left)" -gt 70 ]; then  # the pair bank's cost: layout x fp32/bf16 x batch at N_s = 18
   timeout 60 python3 benchmarks/teacher_sampling.py --size "$SIZE" --res 64 --batch 64 --steps 18 \
     --devices "$DEVICE" --variants 2>&1 | tee "$RUN/sampling.txt"
 fi
-if [ "$(left)" -gt 60 ]; then
+if [ -f "$RUN/student/done" ] && [ "$(left)" -gt 60 ]; then  # PIDDM-ref against its refinement steps
   timeout -s INT -k 20 "$(left)" python3 benchmarks/error_vs_time.py --data "$DATA/darcy64.h5" --teacher "$RUN/teacher" \
     --student "$RUN/student" --out "$RUN/evt" --scales 4 8 --seeds 0 --methods PIDDM-ref,teacher,direct,dps-weak \
     --tasks none --guidance-steps "$GUIDANCE" --n-eval 64 --device "$DEVICE" 2>&1 | grep -v "━" | tee -a "$RUN/evt.txt"
