@@ -8,9 +8,10 @@
 #    budget (warm-up not counted), the PIDDM student on the demo's schedule with $LAMBDA, $STEPS
 #    steps and the regression targets $TARGETS (teacher or solved; its step at half-way is the
 #    lambda_train = 0 row), and the methods $METHODS on that teacher over 3 seeds. Defaults from
-#    the CPU (docs/results.md, issue 12, sixth session): solved targets at 1e-1 for 3000 steps, the
-#    one-step student at 0.29x the teacher's residual over 3 seeds, where 2000 steps gave 0.35x;
-#    `TARGETS=teacher LAMBDA=5e-2 STEPS=2000` is the last protocol;
+#    the CPU (docs/results.md, issue 12, sixth session): solved targets at 1e-1 for 3000 steps,
+#    there 0.31x the teacher's residual where 2000 steps gave 0.35x (the steps with the penalty on
+#    are what count: STEPS=4000 is the next knob); `TARGETS=teacher LAMBDA=5e-2 STEPS=2000` is the
+#    last protocol;
 # 3. with the time left, training throughput, the plain path beside the fast path and each option,
 #    and a profile of the eager steps (issue 11, part 1; benchmarks/train_throughput.py with
 #    torch.compile);
