@@ -7,8 +7,8 @@
 # Inputs in $DATA: darcy64.h5 with its operator. Results in $OUT: ablation.jsonl, logs. At tiny size
 # on the CPU (python3 with torch on PATH): SIZE=tiny TEACHER_SECONDS=5 STEPS=2 PAIRS=8 N=8
 # DEVICE=cpu DATA=... bash benchmarks/gpu_training.sh
-# Rows of 2000 steps (on the CPU the one-step student's residual still fell from 2000 to 4000 steps:
-# 0.35x, 0.29x, 0.25x the teacher's): about 160 s each on the H200, so two or three rows per
+# Rows of 2000 steps (on the CPU the one-step student's residual still fell with more steps at the
+# penalty: 0.35x, 0.29x, 0.25x the teacher's at 2000, 3000, 4000 steps in all): about 160 s each on the H200, so two or three rows per
 # 15-minute lease.
 # Rerunnable: finished parts are kept in $RUN (default /tmp/t64, on the device machine while it
 # stays warm) and skipped, so if a run is cut by its time limit the same command, called again at
