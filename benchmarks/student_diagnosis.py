@@ -30,7 +30,7 @@ import torch
 
 from piddm_fem import checkpoint, schema
 from piddm_fem.data import Normalizer
-from piddm_fem.dual_norm import DSTPoisson, dual_loss
+from piddm_fem.dual_norm import PHYSICS_NORMS, PhysicsPenalty
 from piddm_fem.figures import plot_lines
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.student import load_student, sample_student
@@ -61,9 +61,9 @@ def interface_share(scaled: np.ndarray, coefficient: np.ndarray, threshold: floa
 def gradient_share(operator, normalizer, fields: np.ndarray) -> dict:
     """Per penalty, the norm of d(penalty)/d(normalised channel), as a share over the channels."""
     x = normalizer.normalize(torch.from_numpy(fields).float()).double().requires_grad_(True)
-    poisson = DSTPoisson(operator.resolution)
     out = {}
-    for name, penalty in (("l2", lambda y: operator.loss(y)), ("dual", lambda y: dual_loss(operator, poisson, y))):
+    for name in PHYSICS_NORMS:
+        penalty = PhysicsPenalty(operator, name)
         physical = normalizer.denormalize(x)
         grad, = torch.autograd.grad(penalty(physical).sum(), [x])
         norms = grad.flatten(2).norm(dim=2).mean(0)
@@ -76,7 +76,7 @@ def weight_gradients(student_dir, channels, n: int = 32) -> dict:
     penalty's through each channel alone, and their cosines with the regression's."""
     student, ckpt, normalizer, operator = load_student(student_dir)
     cfg = ckpt["config"]["distill"]
-    poisson = DSTPoisson(operator.resolution)
+    penalty = PhysicsPenalty(operator, cfg.get("physics_norm", "l2"))
     with h5py.File(Path(student_dir) / "pairs.h5") as f:
         eps, x0 = torch.from_numpy(f["eps"][:n]), torch.from_numpy(f["x0"][:n])
     params = [p for p in student.parameters()]
@@ -91,8 +91,7 @@ def weight_gradients(student_dir, channels, n: int = 32) -> dict:
         keep[c] = True
         x = normalizer.denormalize(student(eps))
         x = torch.where(keep, x, x.detach()).double()
-        penalty = dual_loss(operator, poisson, x) if cfg.get("physics_norm") == "dual" else operator.loss(x)
-        out[f"physics via {name}"] = cfg["lambda_train"] * grad(penalty.mean().float())
+        out[f"physics via {name}"] = cfg["lambda_train"] * grad(penalty(x).mean().float())
     reg = out["regression"]
     return {k: {"norm": float(g.norm()), "cosine_with_regression": float(g @ reg / (g.norm() * reg.norm() + 1e-30))}
             for k, g in out.items()}

@@ -22,10 +22,10 @@ DEFAULT = {"res": 33, "n_samples": 1000, "seed": 0,
            "teacher_steps": 1000, "teacher_size": "tiny", "teacher_batch": 32,
            "heun_steps": 18, "pairs": 256, "distill_steps": 2000, "lambda_train": 2e-2,
            "n_eval": 64, "refine_steps": 40, "lambda_infer": 1e-2,
-           "task_problems": 8, "restarts": 4, "task_steps": 100, "task_lambda": 1e-3,
+           "task_problems": 8, "restarts": 4, "task_steps": 100,
            "guidance_steps": 50, "fno_seconds": 60.0}
 DEMO_BUDGET = ("n_eval", "heun_steps", "refine_steps", "lambda_infer", "task_problems", "restarts",
-               "task_steps", "task_lambda", "guidance_steps", "fno_seconds")  # the evaluation settings above (piddm_fem.evaluation.Budget)
+               "task_steps", "guidance_steps", "fno_seconds")  # the evaluation settings above (piddm_fem.evaluation.Budget)
 QUICK = {**DEFAULT, "res": 17, "n_samples": 40, "teacher_steps": 20, "heun_steps": 4, "pairs": 16,
          "distill_steps": 10, "n_eval": 8, "refine_steps": 3, "task_problems": 2, "restarts": 2,
          "task_steps": 3, "guidance_steps": 4, "fno_seconds": 1.0}

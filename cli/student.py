@@ -75,7 +75,9 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           index: list[int] = typer.Option(..., "--index", help="Sample indices (repeatable)."),
           points: Optional[int] = typer.Option(None, "--points", help="Observed random nodes, where the task observes points."),
           fraction: Optional[float] = typer.Option(None, "--fraction", help="Observed fraction, where the task observes one."),
-          steps: int = typer.Option(200, "--steps"), lam: float = typer.Option(1e-3, "--lambda"),
+          steps: int = typer.Option(200, "--steps"),
+          lam: Optional[float] = typer.Option(None, "--lambda", help="Physics weight [the norm's: l2 1e-3, dual 10]."),
+          physics_norm: str = typer.Option("dual", "--physics-norm", help="Physics penalty: dual (K0^-1 norm) | l2 (scaled residual)."),
           restarts: int = typer.Option(4, "--restarts", help="eps restarts per problem (ensemble)."),
           seed: int = typer.Option(0, "--seed"),
           out_path: Optional[Path] = typer.Option(None, "--out", help="HDF5 file of the estimates."),
@@ -88,7 +90,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     """Forward, inverse or reconstruction by masked latent optimisation; writes mean, std, errors."""
     from piddm_fem import checkpoint, checks, schema
     from piddm_fem.student import load_student
-    from piddm_fem.tasks import solve_task
+    from piddm_fem.tasks import solve_task, task_weight
     from piddm_fem.teacher import resolve_device
 
     if out_path is None and json_out is None:
@@ -96,6 +98,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     for path in (out_path, json_out):
         if path is not None:
             checks.output_file(path, overwrite)
+    lam = task_weight(physics_norm, lam)
     checks.check_range("--lambda", lam, "[0, inf)")
     checks.check_range("--noise", noise, "[0, 1)")
     checks.check_range("--adjoint-steps", adjoint_steps, "[0, inf)")
@@ -112,12 +115,13 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     if task == "inverse" and (physics == "fem" or adjoint_steps or noise or json_out):
         return _invert(student, ckpt, normalizer, operator, info, truth, index, physics=physics,
                        adjoint_steps=adjoint_steps, noise=noise, points=points, steps=steps, lam=lam,
-                       restarts=restarts, seed=seed, out_path=out_path, json_out=json_out,
-                       overwrite=overwrite)
+                       norm=physics_norm, restarts=restarts, seed=seed, out_path=out_path,
+                       json_out=json_out, overwrite=overwrite)
     result = solve_task(student, normalizer, operator, ckpt, task, truth, points=points,
-                        fraction=fraction, steps=steps, lam=lam, restarts=restarts, seed=seed)
+                        fraction=fraction, steps=steps, lam=lam, norm=physics_norm, restarts=restarts, seed=seed)
     info.source, info.solver_parameters = f"student-{task}", {
-        "task": task, "steps": steps, "lambda": lam, "restarts": restarts, "indices": list(index)}
+        "task": task, "steps": steps, "physics_norm": physics_norm, "lambda": lam, "restarts": restarts,
+        "indices": list(index)}
     schema.write(out_path, info, result["mean"], overwrite=overwrite,
                  extra={"std": result["std"], "mask": result["mask"], "truth": truth,
                         **{f"errors/{k}": v for k, v in result["errors"].items()}})
@@ -127,7 +131,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
 
 
 def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics, adjoint_steps, noise,
-            points, steps, lam, restarts, seed, out_path, json_out, overwrite):
+            points, steps, lam, norm, restarts, seed, out_path, json_out, overwrite):
     """The inverse task with the FEM solver in the loop (solvers/inverse.py): Algorithm 3 with the
     soft penalty or exact physics, optionally finished by the adjoint inversion."""
     import json
@@ -139,13 +143,13 @@ def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics,
     problem = get_problem(ckpt["problem"], **ckpt.get("params", {}))
     methods = [physics] + ([f"{physics}+adjoint"] if adjoint_steps else [])
     result = invert(problem, truth, methods, student=student, normalizer=normalizer, operator=operator,
-                    seed=seed, noise=noise, points=points, steps=steps, restarts=restarts, lam=lam,
+                    seed=seed, noise=noise, points=points, steps=steps, restarts=restarts, lam=lam, norm=norm,
                     adjoint_steps=adjoint_steps)
     final = result["methods"][methods[-1]]
     if out_path is not None:
         info.source, info.solver_parameters = f"student-inverse-{physics}", {
             "task": "inverse", "physics": physics, "adjoint_steps": adjoint_steps, "noise": noise,
-            "steps": steps, "lambda": lam, "restarts": restarts, "indices": list(index)}
+            "steps": steps, "physics_norm": norm, "lambda": lam, "restarts": restarts, "indices": list(index)}
         schema.write(out_path, info, final["fields"], overwrite=overwrite,
                      extra={"mask": result["mask"], "truth": truth, "observed": result["observed"]})
     if json_out is not None:

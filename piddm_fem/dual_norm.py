@@ -12,6 +12,7 @@ both tridiagonal Toeplitz, so the orthonormal DST-I basis diagonalises it: a bat
 matrix products each way and a division (``DSTPoisson``). Rows outside the interior (Dirichlet u - g,
 data rows, the open side of a space-time problem) are not in K0; their scaled residual enters as
 h^2 times its sum of squares, the integral of its square over the h-wide strip they sit on.
+``PhysicsPenalty`` is the physics penalty in either norm, as distillation and the tasks use it.
 torch only.
 """
 
@@ -20,6 +21,17 @@ from __future__ import annotations
 import math
 
 import torch
+
+from piddm_fem.errors import PiddmError
+
+PHYSICS_NORMS = ("l2", "dual")
+
+
+def check_norm(norm: str, option: str = "--physics-norm") -> str:
+    """``norm`` if it is one of ``PHYSICS_NORMS``, else the one-line error naming ``option``."""
+    if norm not in PHYSICS_NORMS:
+        raise PiddmError(f"unknown {option} {norm!r}; choose {' or '.join(PHYSICS_NORMS)}")
+    return norm
 
 
 class DSTPoisson(torch.nn.Module):
@@ -53,3 +65,30 @@ def dual_loss(operator, poisson: DSTPoisson, x: torch.Tensor) -> torch.Tensor:
     ring = scaled.clone()
     ring[:, 1:-1, 1:-1] = 0.0
     return energy + h2 * ring.flatten(1).square().sum(1)
+
+
+class PhysicsPenalty(torch.nn.Module):
+    """[B] physics penalty of fields x [B, C, S, S] (physical units) in one of ``PHYSICS_NORMS``:
+    "l2", the mean square of the scaled residual (``ResidualOperator.loss``), or "dual",
+    ``dual_loss`` (evaluated in float64, returned in x's dtype). ``relative``: divided by the same
+    penalty of the load (x with the unknown zeroed, ``ResidualOperator.unloaded``), held constant,
+    so that one weight suits problems whose fields differ in scale. ``option`` names the setting
+    in the one-line error on an unknown norm."""
+
+    def __init__(self, operator, norm: str = "l2", relative: bool = False, option: str = "--physics-norm"):
+        super().__init__()
+        self.operator, self.norm, self.relative = operator, check_norm(norm, option), relative
+        self.poisson = DSTPoisson(operator.resolution).to(operator.bc_values.device) if norm == "dual" else None
+
+    def absolute(self, x: torch.Tensor) -> torch.Tensor:
+        if self.poisson is None:
+            return self.operator.loss(x)
+        return dual_loss(self.operator, self.poisson, x.double()).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        penalty = self.absolute(x)
+        if not self.relative:
+            return penalty
+        with torch.no_grad():
+            load = self.absolute(self.operator.unloaded(x))
+        return penalty / torch.where(load > 0, load, torch.ones_like(load))

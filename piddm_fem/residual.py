@@ -164,12 +164,16 @@ class ResidualOperator(torch.nn.Module):
         r = torch.where(self.bc_mask, r, r / self.lumped_mass.to(x.dtype))
         return r.reshape(x.shape[0], 1, self.resolution, self.resolution)
 
-    def load(self, x: torch.Tensor) -> torch.Tensor:
-        """The scaled residual with the unknown set to zero off its data rows (the right-hand side)."""
+    def unloaded(self, x: torch.Tensor) -> torch.Tensor:
+        """A copy of x with the unknown set to zero off its data rows: its residual is the load."""
         x0 = x.clone()
         u = x0[:, self.unknown].reshape(x.shape[0], self._n)
         x0[:, self.unknown] = torch.where(self.data_mask, u, torch.zeros_like(u)).reshape(u.shape[0], *x.shape[2:])
-        return self.scaled(x0)
+        return x0
+
+    def load(self, x: torch.Tensor) -> torch.Tensor:
+        """The scaled residual with the unknown set to zero off its data rows (the right-hand side)."""
+        return self.scaled(self.unloaded(x))
 
     def relative(self, x: torch.Tensor) -> torch.Tensor:
         """[B] relative residual ||scaled(x)|| / ||scaled(x, u = 0)|| (RMS over the grid)."""

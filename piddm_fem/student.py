@@ -31,7 +31,7 @@ from torch import nn
 
 from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import Normalizer
-from piddm_fem.dual_norm import DSTPoisson, dual_loss
+from piddm_fem.dual_norm import PhysicsPenalty
 from piddm_fem.edm import SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
 from piddm_fem.fem_solve import LinearFEMSolve
@@ -48,7 +48,7 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "batch": ("--batch", "[1, inf)"), "lr": ("--lr", "(0, inf)"),
           "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
           "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]")}
-PHYSICS_NORMS, PHYSICS_CHANNELS, TARGETS = ("l2", "dual"), ("all", "unknown"), ("teacher", "solved")
+PHYSICS_CHANNELS, TARGETS = ("all", "unknown"), ("teacher", "solved")
 
 
 @dataclass
@@ -111,8 +111,7 @@ class Distiller:
                                  "it or choose another --out")
             self.cfg = DistillConfig(**settings)
         checks.check_options(self.cfg, RANGES)
-        for value, allowed, option in ((self.cfg.physics_norm, PHYSICS_NORMS, "--physics-norm"),
-                                       (self.cfg.physics_channels, PHYSICS_CHANNELS, "--physics-channels"),
+        for value, allowed, option in ((self.cfg.physics_channels, PHYSICS_CHANNELS, "--physics-channels"),
                                        (self.cfg.targets, TARGETS, "--targets")):
             if value not in allowed:
                 raise PiddmError(f"unknown {option} {value!r}; choose {' or '.join(allowed)}")
@@ -121,7 +120,7 @@ class Distiller:
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
         net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=memory_format(self.cfg.channels_last, device))
         self.student = Student(net, self.cfg.k_steps).train()
-        self.poisson = DSTPoisson(self.operator.resolution).to(device)
+        self.penalty = PhysicsPenalty(self.operator, self.cfg.physics_norm)
         self.solver = (LinearFEMSolve(self.operator, instead="distil on the teacher's samples: --targets teacher")
                        if self.cfg.targets == "solved" else None)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")
@@ -173,11 +172,7 @@ class Distiller:
             keep = torch.zeros(x.shape[1], 1, 1, dtype=torch.bool, device=x.device)
             keep[self.operator.unknown] = True
             x = torch.where(keep, x, x.detach())
-        if self.cfg.physics_norm == "dual":
-            physics = dual_loss(self.operator, self.poisson, x.double()).float()
-        else:
-            physics = self.operator.loss(x)
-        return regression, physics
+        return regression, self.penalty(x)
 
     def checkpoint_dict(self, cfg: DistillConfig | None = None) -> dict:
         t = self.teacher_ckpt

@@ -2,13 +2,17 @@
 
 Given observations x' on a mask M (physical units), optimise the student's input noise eps for
 
-    ||(G(eps) - x') * M||^2 + lam * ||R(x_mix)||^2 + prior(eps),   x_mix = x' M + G(eps) (1 - M)
+    ||(G(eps) - x') * M||^2 + lam * P(x_mix) + prior(eps),   x_mix = x' M + G(eps) (1 - M)
 
 and return x_mix. The misfit is measured in normalised units (channels comparable) and averaged
-over observed entries; R is the scaled weak-form residual (``ResidualOperator.loss``); the prior
-``(|eps|^2 / d - 1)^2`` keeps eps on the Gaussian shell. With an empty mask this is the
-refinement PIDDM-ref (lam = lambda_infer). Every problem and restart is optimised independently in
-one batch: the objective is a sum over the batch.
+over observed entries; P is the physics penalty (``dual_norm.PhysicsPenalty``) relative to the
+load's: on the tasks by default the weak residual in the dual norm of the constant-coefficient
+stiffness, which weighs it like an error in u (``TASK_NORM``, docs/distillation.md says why), or
+"l2", the mean square of the scaled residual (``ResidualOperator.loss``); each norm has its own
+default weight (``TASK_LAMBDA``). The prior ``(|eps|^2 / d - 1)^2`` keeps eps on the Gaussian
+shell. With an empty mask this is the refinement PIDDM-ref (absolute l2, lam = lambda_infer).
+Every problem and restart is optimised independently in one batch: the objective is a sum over
+the batch.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ import time
 import numpy as np
 import torch
 
+from piddm_fem.dual_norm import PhysicsPenalty, check_norm
 from piddm_fem.errors import PiddmError
+
+TASK_NORM = "dual"
+TASK_LAMBDA = {"l2": 1e-3, "dual": 0.35}  # the default weight of each relative norm on the tasks (docs/distillation.md)
+
+
+def task_weight(norm: str, lam: float | None) -> float:
+    """The physics weight on the tasks: ``lam``, or ``norm``'s default (``TASK_LAMBDA``) when None."""
+    return TASK_LAMBDA[check_norm(norm)] if lam is None else lam
 
 def _region(region, S: int, rng: np.random.Generator | None, what: str,
             points: int | None = None, fraction: float | None = None) -> torch.Tensor:
@@ -80,16 +93,20 @@ def recovery_mask(task: str, S: int, channels: list[str], meta: dict) -> dict[in
 
 
 def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask: torch.Tensor,
-                    eps: torch.Tensor, steps: int = 200, lam: float = 1e-3, prior: float = 1.0,
-                    lr: float = 0.05, callback=None, exact=None) -> dict:
+                    eps: torch.Tensor, steps: int = 200, lam: float | None = None, prior: float = 1.0,
+                    lr: float = 0.05, callback=None, exact=None, norm: str = TASK_NORM,
+                    relative: bool = True) -> dict:
     """Optimise eps [N, C, S, S] (one row per problem/restart); returns x_mix (physical units,
     detached), eps and the final per-row misfit and relative residual. ``observed`` and ``mask``
-    are [N, C, S, S] in physical units (unobserved entries of ``observed`` are ignored).
+    are [N, C, S, S] in physical units (unobserved entries of ``observed`` are ignored). ``norm``
+    and ``lam`` (None: ``TASK_LAMBDA[norm]``) choose the physics penalty and its weight; the
+    penalty is ``relative`` to the load's (``dual_norm.PhysicsPenalty``).
 
     ``exact`` (e.g. ``LinearFEMSolve(operator).solve``) replaces the student's unknown by the FEM
     solution for the student's coefficients before the misfit is taken: exact physics, so the
     residual penalty is dropped and the student's own u is never compared with the data."""
     device = eps.device
+    penalty, lam = PhysicsPenalty(operator, norm, relative), task_weight(norm, lam)
     observed, mask = observed.to(device, torch.float32), mask.to(device, torch.float32)
     target = normalizer.normalize(observed)
     eps = eps.detach().clone().requires_grad_(True)
@@ -103,7 +120,7 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
             pred = normalizer.normalize(exact(normalizer.denormalize(pred)))
         misfit = ((pred - target) * mask).square().flatten(1).sum(1) / count
         x_mix = observed * mask + normalizer.denormalize(pred) * (1 - mask)
-        physics = operator.loss(x_mix) if exact is None else torch.zeros_like(misfit)
+        physics = penalty(x_mix) if exact is None else torch.zeros_like(misfit)
         shell = (eps.square().flatten(1).sum(1) / d - 1).square()
         return misfit, physics, shell, x_mix
 
@@ -122,21 +139,22 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
 
 def refine(student, normalizer, operator, eps: torch.Tensor, steps: int, lambda_infer: float,
            prior: float = 1.0, lr: float = 0.05, callback=None) -> dict:
-    """PIDDM-ref: optimise eps against the residual alone (no observations)."""
+    """PIDDM-ref: optimise eps against the residual alone (no observations): lambda_infer times
+    the mean square of the scaled residual (absolute l2)."""
     x = torch.zeros_like(eps)
     return optimize_latent(student, normalizer, operator, x, torch.zeros_like(eps), eps, steps=steps,
-                           lam=lambda_infer, prior=prior, lr=lr, callback=callback)
+                           lam=lambda_infer, prior=prior, lr=lr, callback=callback, norm="l2", relative=False)
 
 
-def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 200, lam: float = 1e-3,
+def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 200, lam: float | None = None,
                  restarts: int = 4, seed: int = 0, prior: float = 1.0, lr: float = 0.05,
-                 exact=None) -> dict:
+                 exact=None, norm: str = TASK_NORM) -> dict:
     """Algorithm 3 for N problems: ``observed`` and ``mask`` [N, C, S, S] (physical units; the
     unobserved entries of ``observed`` are ignored), ``restarts`` eps per problem (noise indices
     0..restarts-1 of ``seed``). With ``steps`` > 0 the estimate is the ensemble mean over the restarts (std
     beside it); with ``steps`` = 0 it is one student call on the restart whose output fits the
     observations best (std over the restarts still reported). Observed entries are returned
-    exactly. ``exact``: see ``optimize_latent``. Returns {"mean", "std" (torch float64
+    exactly. ``exact``, ``norm`` and ``lam``: see ``optimize_latent``. Returns {"mean", "std" (torch float64
     [N, C, S, S], CPU), "seconds"}."""
     from piddm_fem.edm import noise_for_indices
 
@@ -152,7 +170,7 @@ def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 
     t0 = time.perf_counter()
     result = optimize_latent(student, normalizer, operator, observed.float().repeat_interleave(restarts, 0),
                              mask.float().repeat_interleave(restarts, 0), eps, steps=steps, lam=lam,
-                             prior=prior, lr=lr, exact=exact)
+                             prior=prior, lr=lr, exact=exact, norm=norm)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -170,8 +188,8 @@ def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 
 
 def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.ndarray, *,
                points: int | None = None, fraction: float | None = None, steps: int = 200,
-               lam: float = 1e-3, restarts: int = 4, seed: int = 0, prior: float = 1.0,
-               lr: float = 0.05) -> dict:
+               lam: float | None = None, restarts: int = 4, seed: int = 0, prior: float = 1.0,
+               lr: float = 0.05, norm: str = TASK_NORM) -> dict:
     """Run a task on ground-truth samples ``truth`` [N, C, S, S] with ``restarts`` eps per problem.
 
     Returns the ensemble mean and std [N, C, S, S], the mask, per-problem errors of the mean and
@@ -182,7 +200,7 @@ def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.n
     mask = observation_mask(task, truth.shape, channels, meta(ckpt), points=points, fraction=fraction,
                             seed=seed)
     result = infer_masked(student, normalizer, operator, truth, mask, steps=steps, lam=lam,
-                          restarts=restarts, seed=seed, prior=prior, lr=lr)
+                          restarts=restarts, seed=seed, prior=prior, lr=lr, norm=norm)
     mean = result["mean"]
     return {"mean": mean.numpy(), "std": result["std"].numpy(), "mask": mask.numpy(),
             "errors": task_errors(task, mean, truth, operator, channels, meta(ckpt)),

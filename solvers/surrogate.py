@@ -21,6 +21,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.gridmap import sample_on_grid
+from piddm_fem.tasks import TASK_NORM, infer_masked, observation_mask
 
 
 class Surrogate:
@@ -118,14 +119,14 @@ class Surrogate:
                               lambda_infer, batch)
         return [self.functions(x) for x in stats["fields"]]
 
-    def predict(self, coefficients, steps: int = 0, restarts: int = 4, lam: float = 1e-3, seed: int = 0,
-                V=None):
+    def predict(self, coefficients, steps: int = 0, restarts: int = 4, lam: float | None = None, seed: int = 0,
+                V=None, norm: str = TASK_NORM):
         """The unknown for ``coefficients`` (a dict of Functions or grids, or a list of such dicts,
         predicted in one batch) by Algorithm 3's forward task: ``steps`` Adam steps on eps with
-        the residual weight ``lam``, ensemble mean of ``restarts``; ``steps=0`` is one student
+        the physics penalty in ``norm`` weighted by ``lam`` (None: the norm's default,
+        ``tasks.TASK_LAMBDA``), ensemble mean of ``restarts``; ``steps=0`` is one student
         call on the best-fitting restart. Returns a Function (a list for a list) in ``V``, by
         default Q1 on the student's mesh."""
-        from piddm_fem.tasks import infer_masked, observation_mask
 
         many = isinstance(coefficients, (list, tuple))
         sets = list(coefficients) if many else [coefficients]
@@ -135,7 +136,7 @@ class Surrogate:
         unknown = self.channels.index(self.problem.unknown)
         mask = observation_mask("forward", observed.shape, self.channels, self.problem.metadata())
         result = infer_masked(self.student, self.normalizer, self.operator, observed, mask, steps=steps,
-                              lam=lam, restarts=restarts, seed=seed)
+                              lam=lam, norm=norm, restarts=restarts, seed=seed)
         out = [self._in_space(m[unknown].numpy(), V, self.problem.unknown) for m in result["mean"]]
         return out if many else out[0]
 

@@ -89,25 +89,30 @@ def test_fd_residual_of_a_smooth_poisson_solution_is_second_order():
 
 
 @pytest.mark.firedrake
-def test_direct_optimisation_lowers_misfit_plus_residual_on_a_real_operator(darcy_file):
+@pytest.mark.parametrize("norm", ["l2", "dual"])
+def test_direct_optimisation_lowers_misfit_plus_residual_on_a_real_operator(darcy_file, norm):
     from piddm_fem import schema
     from piddm_fem.baselines.direct import optimize_fields
     from piddm_fem.data import compute_normalizer
+    from piddm_fem.dual_norm import PhysicsPenalty
     from piddm_fem.residual import ResidualOperator
+    from piddm_fem.tasks import TASK_LAMBDA
 
     op = ResidualOperator.from_file(darcy_file)
     _, truth, _ = schema.read(darcy_file, [0, 1])
-    norm = compute_normalizer(darcy_file, np.arange(6))
-    target = norm.normalize(torch.from_numpy(truth))
+    normalizer = compute_normalizer(darcy_file, np.arange(6))
+    target = normalizer.normalize(torch.from_numpy(truth))
     mask = torch.zeros_like(target)
     mask[:, 0] = 1.0  # the forward task: a observed
 
+    penalty, lam = PhysicsPenalty(op, norm, relative=True), TASK_LAMBDA[norm]
+
     def objective(z):
         misfit = ((z - target) * mask).square().flatten(1).sum(1) / mask.flatten(1).sum(1)
-        return misfit + 1e-3 * op.loss(norm.denormalize(z))
+        return misfit + lam * penalty(normalizer.denormalize(z))
 
     start = torch.zeros_like(target)
-    z = optimize_fields(start, norm, op, target, mask, steps=60, lam=1e-3)
+    z = optimize_fields(start, normalizer, penalty, target, mask, steps=60, lam=lam)
     assert torch.all(objective(z) < 0.2 * objective(start))
     assert torch.equal(start, torch.zeros_like(target))  # the caller's tensor is left alone
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from piddm_fem import checkpoint, schema
-from piddm_fem.dual_norm import DSTPoisson, dual_loss
+from piddm_fem.dual_norm import DSTPoisson, PhysicsPenalty, dual_loss
 from piddm_fem.edm import EDMPrecond
 from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
@@ -48,6 +48,32 @@ def test_dual_norm_gradient_matches_finite_differences(darcy_file):
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda y: dual_loss(op, DSTPoisson(op.resolution), y), (x,),
                                     eps=1e-6, atol=1e-8, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["l2", "dual"])
+def test_relative_penalty_is_zero_on_solver_data_and_free_of_the_fields_scale(tmp_path, norm):
+    """The tasks' penalty, relative to the load's: zero on Poisson solver data; scaling f and u
+    together (a linear problem) leaves it unchanged; its gradient holds the load constant."""
+    from piddm_fem.solvers.generate import generate
+
+    path = tmp_path / "poisson9.h5"
+    generate(get_problem("poisson"), 2, 9, 0, path, show_progress=False)
+    op = ResidualOperator.from_file(path)
+    _, fields, _ = schema.read(path)
+    x = torch.from_numpy(fields)
+    relative = PhysicsPenalty(op, norm, relative=True)
+    noisy = x.clone()
+    noisy[:, 1] += 1e-2 * x[:, 1].abs().max() * torch.randn(noisy[:, 1].shape, dtype=torch.float64,
+                                                              generator=torch.Generator().manual_seed(1))
+    assert (relative(x) <= 1e-20 * relative(noisy)).all()
+    assert torch.allclose(relative(10.0 * noisy), relative(noisy), rtol=1e-10)
+    absolute = PhysicsPenalty(op, norm)
+    assert torch.allclose(relative(noisy), absolute(noisy) / absolute(op.unloaded(noisy)), rtol=1e-12)
+    y = noisy.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(relative(y).sum(), [y])
+    grad_abs, = torch.autograd.grad(absolute(y).sum(), [y])
+    load = absolute(op.unloaded(noisy))
+    assert torch.allclose(grad, grad_abs / load[:, None, None, None], rtol=1e-10, atol=0)
 
 
 def test_lambda_waits_for_the_delay_then_ramps(tiny_teacher, darcy_file, tmp_path):

@@ -1,10 +1,11 @@
 """Direct data-space optimisation, the reviewers' baseline for Algorithm 3: Adam on the field x
 itself (normalised units), from the teacher's sample or from the data mean, on
 
-    masked misfit (mean square over observed entries, normalised) + lambda ||R(x)||^2
+    masked misfit (mean square over observed entries, normalised) + lambda P(x)
 
-(``ResidualOperator.loss``, physical units): the student's objective without the student. With no
-observations (``sample``) it refines teacher samples on the residual alone."""
+(P: the tasks' physics penalty in the budget's norm, ``dual_norm.PhysicsPenalty``, physical
+units): the student's objective without the student. With no observations (``sample``) it
+refines teacher samples on the l2 residual alone (lambda_infer, as PIDDM-ref)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ import numpy as np
 import torch
 
 from piddm_fem.baselines import BaseMethod
+from piddm_fem.dual_norm import PhysicsPenalty
 from piddm_fem.edm import heun_sample
 
 
-def optimize_fields(z0: torch.Tensor, normalizer, operator, target=None, mask=None, steps: int = 100,
+def optimize_fields(z0: torch.Tensor, normalizer, penalty, target=None, mask=None, steps: int = 100,
                     lam: float = 1e-3, lr: float = 0.05) -> torch.Tensor:
-    """Adam on a copy of ``z0`` (normalised [B, C, S, S]); returns the optimised copy (detached)."""
+    """Adam on a copy of ``z0`` (normalised [B, C, S, S]) against ``lam * penalty(x)`` plus the
+    masked misfit; returns the optimised copy (detached)."""
     z = z0.detach().clone().to(torch.float64).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     count = None if mask is None else mask.flatten(1).sum(1).clamp(min=1.0)
     for _ in range(steps):
-        loss = lam * operator.loss(normalizer.denormalize(z))
+        loss = lam * penalty(normalizer.denormalize(z))
         if mask is not None:
             loss = loss + ((z - target) * mask).square().flatten(1).sum(1) / count
         z.grad, = torch.autograd.grad(loss.sum(), [z])
@@ -37,8 +40,8 @@ class Direct(BaseMethod):
         self.init = init
         self.can = (("sample",) if init == "teacher" else ()) + self.masked_tasks
         self.nfe = 2 * b.heun_steps - 1 if init == "teacher" else 0
-        self.settings = {"init": init, "steps": b.task_steps, "lambda_tasks": b.task_lambda,
-                         "lambda_sample": b.lambda_infer, "lr": b.direct_lr}
+        self.settings = {"init": init, "steps": b.task_steps, "norm_tasks": b.task_norm,
+                         "lambda_tasks": setup.task_weight, "lambda_sample": b.lambda_infer, "lr": b.direct_lr}
 
     def _start(self, seed: int, n: int) -> torch.Tensor:
         if self.init == "mean":  # normalised units: the training mean is zero
@@ -50,7 +53,7 @@ class Direct(BaseMethod):
         if "sample" not in self.can:
             return super().sample(n, seed)
         b = self.setup.budget
-        z = optimize_fields(self._start(seed, n), self.setup.normalizer, self.setup.operator,
+        z = optimize_fields(self._start(seed, n), self.setup.normalizer, PhysicsPenalty(self.setup.operator),
                             steps=b.task_steps, lam=b.lambda_infer, lr=b.direct_lr)
         return self.to_physical(z)
 
@@ -59,6 +62,7 @@ class Direct(BaseMethod):
             return super().solve_task(task, observed, mask, seed)
         b = self.setup.budget
         m = torch.as_tensor(np.asarray(mask), dtype=torch.float64, device=self.setup.device)
-        z = optimize_fields(self._start(seed, len(observed)), self.setup.normalizer, self.setup.operator,
-                            self.to_norm(observed), m, steps=b.task_steps, lam=b.task_lambda, lr=b.direct_lr)
+        z = optimize_fields(self._start(seed, len(observed)), self.setup.normalizer,
+                            PhysicsPenalty(self.setup.operator, b.task_norm, True, "task_norm"), self.to_norm(observed),
+                            m, steps=b.task_steps, lam=self.setup.task_weight, lr=b.direct_lr)
         return self.to_physical(z)
