@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from piddm_fem.errors import PiddmError
@@ -70,25 +71,34 @@ def dual_loss(operator, poisson: DSTPoisson, x: torch.Tensor) -> torch.Tensor:
 class PhysicsPenalty(torch.nn.Module):
     """[B] physics penalty of fields x [B, C, S, S] (physical units) in one of ``PHYSICS_NORMS``:
     "l2", the mean square of the scaled residual (``ResidualOperator.loss``), or "dual",
-    ``dual_loss`` (evaluated in float64, returned in x's dtype). ``relative``: divided by the same
-    penalty of the load (x with the unknown zeroed, ``ResidualOperator.unloaded``), held constant,
-    so that one weight suits problems whose fields differ in scale. ``option`` names the setting
-    in the one-line error on an unknown norm."""
+    ``dual_loss`` (evaluated in float64, returned in x's dtype). With ``typical`` (a
+    ``data.Normalizer``) it is divided by the penalty of a typical load: constant fields at each
+    channel's RMS over the training data, the unknown zeroed (``ResidualOperator.unloaded``). That
+    is one number per problem (for Darcy, whose load is f = 1, the load itself), so one weight
+    suits problems whose fields differ in scale, and it stays away from zero where a sample's own
+    load would (a Poisson f near the data mean 0). ``option`` names the setting in the one-line
+    error on an unknown norm."""
 
-    def __init__(self, operator, norm: str = "l2", relative: bool = False, option: str = "--physics-norm"):
+    def __init__(self, operator, norm: str = "l2", typical=None, option: str = "--physics-norm"):
         super().__init__()
-        self.operator, self.norm, self.relative = operator, check_norm(norm, option), relative
+        self.operator, self.norm = operator, check_norm(norm, option)
         self.poisson = DSTPoisson(operator.resolution).to(operator.bc_values.device) if norm == "dual" else None
+        self.scale = 1.0 if typical is None else self.typical_load(typical)
 
     def absolute(self, x: torch.Tensor) -> torch.Tensor:
         if self.poisson is None:
             return self.operator.loss(x)
         return dual_loss(self.operator, self.poisson, x.double()).to(x.dtype)
 
+    def typical_load(self, normalizer) -> float:
+        S, device = self.operator.resolution, self.operator.bc_values.device
+        rms = torch.as_tensor(np.sqrt(normalizer.mean**2 + normalizer.std**2), dtype=torch.float64, device=device)
+        x = rms.reshape(1, -1, 1, 1).expand(1, -1, S, S).contiguous()
+        load = float(self.absolute(self.operator.unloaded(x))[0])
+        if not load > 0:
+            raise PiddmError(f"{self.operator.problem}: fields at the data's RMS have no load (zero forcing), so "
+                             "the tasks' penalty cannot be relative to it; check the dataset's normalisation")
+        return load
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        penalty = self.absolute(x)
-        if not self.relative:
-            return penalty
-        with torch.no_grad():
-            load = self.absolute(self.operator.unloaded(x))
-        return penalty / torch.where(load > 0, load, torch.ones_like(load))
+        return self.absolute(x) / self.scale

@@ -5,8 +5,8 @@ Given observations x' on a mask M (physical units), optimise the student's input
     ||(G(eps) - x') * M||^2 + lam * P(x_mix) + prior(eps),   x_mix = x' M + G(eps) (1 - M)
 
 and return x_mix. The misfit is measured in normalised units (channels comparable) and averaged
-over observed entries; P is the physics penalty (``dual_norm.PhysicsPenalty``) relative to the
-load's: on the tasks by default the weak residual in the dual norm of the constant-coefficient
+over observed entries; P is the physics penalty (``dual_norm.PhysicsPenalty``) relative to a
+typical load: on the tasks by default the weak residual in the dual norm of the constant-coefficient
 stiffness, which weighs it like an error in u (``TASK_NORM``, docs/distillation.md says why), or
 "l2", the mean square of the scaled residual (``ResidualOperator.loss``); each norm has its own
 default weight (``TASK_LAMBDA``). The prior ``(|eps|^2 / d - 1)^2`` keeps eps on the Gaussian
@@ -100,13 +100,14 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
     detached), eps and the final per-row misfit and relative residual. ``observed`` and ``mask``
     are [N, C, S, S] in physical units (unobserved entries of ``observed`` are ignored). ``norm``
     and ``lam`` (None: ``TASK_LAMBDA[norm]``) choose the physics penalty and its weight; the
-    penalty is ``relative`` to the load's (``dual_norm.PhysicsPenalty``).
+    penalty is ``relative`` to the typical load (``dual_norm.PhysicsPenalty``).
 
     ``exact`` (e.g. ``LinearFEMSolve(operator).solve``) replaces the student's unknown by the FEM
     solution for the student's coefficients before the misfit is taken: exact physics, so the
     residual penalty is dropped and the student's own u is never compared with the data."""
     device = eps.device
-    penalty, lam = PhysicsPenalty(operator, norm, relative), task_weight(norm, lam)
+    penalty = PhysicsPenalty(operator, norm, normalizer if relative else None)
+    lam = task_weight(norm, lam)
     observed, mask = observed.to(device, torch.float32), mask.to(device, torch.float32)
     target = normalizer.normalize(observed)
     eps = eps.detach().clone().requires_grad_(True)

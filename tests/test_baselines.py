@@ -105,7 +105,7 @@ def test_direct_optimisation_lowers_misfit_plus_residual_on_a_real_operator(darc
     mask = torch.zeros_like(target)
     mask[:, 0] = 1.0  # the forward task: a observed
 
-    penalty, lam = PhysicsPenalty(op, norm, relative=True), TASK_LAMBDA[norm]
+    penalty, lam = PhysicsPenalty(op, norm, normalizer), TASK_LAMBDA[norm]
 
     def objective(z):
         misfit = ((z - target) * mask).square().flatten(1).sum(1) / mask.flatten(1).sum(1)

@@ -63,6 +63,6 @@ class Direct(BaseMethod):
         b = self.setup.budget
         m = torch.as_tensor(np.asarray(mask), dtype=torch.float64, device=self.setup.device)
         z = optimize_fields(self._start(seed, len(observed)), self.setup.normalizer,
-                            PhysicsPenalty(self.setup.operator, b.task_norm, True, "task_norm"), self.to_norm(observed),
+                            PhysicsPenalty(self.setup.operator, b.task_norm, self.setup.normalizer, "task_norm"), self.to_norm(observed),
                             m, steps=b.task_steps, lam=self.setup.task_weight, lr=b.direct_lr)
         return self.to_physical(z)
