@@ -77,7 +77,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           fraction: Optional[float] = typer.Option(None, "--fraction", help="Observed fraction, where the task observes one."),
           steps: int = typer.Option(200, "--steps"),
           lam: Optional[float] = typer.Option(None, "--lambda", help="Physics weight [the norm's: l2 1e-3, dual 10]."),
-          physics_norm: str = typer.Option("dual", "--physics-norm", help="Physics penalty: dual (K0^-1 norm) | l2 (scaled residual)."),
+          physics_norm: Optional[str] = typer.Option(None, "--physics-norm", help="Physics penalty: dual (K0^-1 norm) | l2 (scaled residual) [dual where u is Dirichlet on the whole boundary, else l2]."),
           restarts: int = typer.Option(4, "--restarts", help="eps restarts per problem (ensemble)."),
           seed: int = typer.Option(0, "--seed"),
           out_path: Optional[Path] = typer.Option(None, "--out", help="HDF5 file of the estimates."),
@@ -89,6 +89,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           overwrite: bool = typer.Option(False, "--overwrite")):
     """Forward, inverse or reconstruction by masked latent optimisation; writes mean, std, errors."""
     from piddm_fem import checkpoint, checks, schema
+    from piddm_fem.dual_norm import norm_for
     from piddm_fem.student import load_student
     from piddm_fem.tasks import solve_task, task_weight
     from piddm_fem.teacher import resolve_device
@@ -98,8 +99,8 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     for path in (out_path, json_out):
         if path is not None:
             checks.output_file(path, overwrite)
-    lam = task_weight(physics_norm, lam)
-    checks.check_range("--lambda", lam, "[0, inf)")
+    if lam is not None:
+        checks.check_range("--lambda", lam, "[0, inf)")
     checks.check_range("--noise", noise, "[0, 1)")
     checks.check_range("--adjoint-steps", adjoint_steps, "[0, inf)")
     if physics not in ("soft", "fem"):
@@ -108,6 +109,8 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
         raise PiddmError("--physics, --adjoint-steps, --noise and --json belong to --task inverse")
     dev = resolve_device(device)
     student, ckpt, normalizer, operator = load_student(student_dir, dev)
+    physics_norm = norm_for(operator, physics_norm)
+    lam = task_weight(physics_norm, lam)
     info, truth, status = schema.read(data, index)
     checkpoint.check_compatible(ckpt, info, data)
     if (status != schema.STATUS_OK).any():

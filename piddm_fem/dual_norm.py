@@ -35,6 +35,20 @@ def check_norm(norm: str, option: str = "--physics-norm") -> str:
     return norm
 
 
+def natural_norm(operator) -> str:
+    """The norm the tasks use unless told: "dual" where the unknown is Dirichlet on the whole
+    boundary and nowhere else, the setting in which K0^-1 (homogeneous Dirichlet) is the Riesz map
+    of the residual's space H^-1 and the dual norm weighs it like an energy error in u (Darcy,
+    Poisson, Helmholtz, reaction-diffusion); "l2" otherwise (a space-time problem such as Burgers,
+    with its initial row and open final time, for which the elliptic K0 is no such map)."""
+    return "dual" if operator.dirichlet_boundary else "l2"
+
+
+def norm_for(operator, norm: str | None = None, option: str = "--physics-norm") -> str:
+    """``norm`` (checked), or ``operator``'s natural norm when None."""
+    return natural_norm(operator) if norm is None else check_norm(norm, option)
+
+
 class DSTPoisson(torch.nn.Module):
     """K0^{-1} on the (S-2)^2 interior nodes of the S x S grid, batched: ``solve(r)`` for r
     [B, S-2, S-2]. K0 is the Q1 stiffness of -Laplacian with h = 1/(S-1)."""
@@ -76,13 +90,13 @@ class PhysicsPenalty(torch.nn.Module):
     channel's RMS over the training data, the unknown zeroed (``ResidualOperator.unloaded``). That
     is one number per problem (for Darcy, whose load is f = 1, the load itself), so one weight
     suits problems whose fields differ in scale, and it stays away from zero where a sample's own
-    load would (a Poisson f near the data mean 0). ``option`` names the setting in the one-line
-    error on an unknown norm."""
+    load would (a Poisson f near the data mean 0). ``norm=None`` is the operator's
+    ``natural_norm``. ``option`` names the setting in the one-line error on an unknown norm."""
 
-    def __init__(self, operator, norm: str = "l2", typical=None, option: str = "--physics-norm"):
+    def __init__(self, operator, norm: str | None = "l2", typical=None, option: str = "--physics-norm"):
         super().__init__()
-        self.operator, self.norm = operator, check_norm(norm, option)
-        self.poisson = DSTPoisson(operator.resolution).to(operator.bc_values.device) if norm == "dual" else None
+        self.operator, self.norm = operator, norm_for(operator, norm, option)
+        self.poisson = DSTPoisson(operator.resolution).to(operator.bc_values.device) if self.norm == "dual" else None
         self.scale = 1.0 if typical is None else self.typical_load(typical)
 
     def absolute(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ import torch
 from piddm_fem import checkpoint, checks, metrics, schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.interrupt import write_atomic
-from piddm_fem.tasks import TASK_NORM, observation_mask, task_errors, task_weight
+from piddm_fem.dual_norm import norm_for
+from piddm_fem.tasks import observation_mask, task_errors, task_weight
 
 
 class Method(Protocol):
@@ -65,8 +66,8 @@ class Budget:
     lambda_infer: float = 1e-2
     restarts: int = 4           # PIDDM task ensembles
     task_steps: int = 100       # PIDDM-ref / lambda=0 task steps and direct optimisation steps
-    task_norm: str = TASK_NORM  # physics penalty of every optimisation method on the tasks (tasks.py)
-    task_lambda: float | None = None  # its weight; None: the norm's default (tasks.TASK_LAMBDA)
+    task_norm: str | None = None  # physics penalty of every optimisation method on the tasks; None:
+    task_lambda: float | None = None  # the operator's natural norm, the norm's weight (tasks.py)
     direct_lr: float = 0.05
     pidm_steps: int = 200       # PIDM fine-tuning steps of the teacher
     pidm_lambda: float = 1e-3   # PIDM's c_residual
@@ -98,9 +99,14 @@ class Setup:
     out_dir: Path | None = None
 
     @property
+    def task_norm(self) -> str:
+        """The budget's physics norm on the tasks, the operator's natural norm unless set."""
+        return norm_for(self.operator, self.budget.task_norm, "task_norm")
+
+    @property
     def task_weight(self) -> float:
         """The budget's physics weight on the tasks, its norm's default unless set."""
-        return task_weight(self.budget.task_norm, self.budget.task_lambda)
+        return task_weight(self.task_norm, self.budget.task_lambda)
 
     @property
     def channels(self) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from piddm_fem import grid
 from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
 
@@ -52,8 +51,7 @@ class LinearFEMSolve:
                              f"handles forms linear in u only ({instead})")
         if 1 not in degrees:
             raise PiddmError(f"{operator.problem}: the form does not depend on the unknown; nothing to solve")
-        boundary = torch.from_numpy(grid.boundary_mask(operator.resolution)).reshape(-1)
-        if operator.data_mask.any() or not torch.equal(operator.bc_mask.cpu(), boundary):
+        if not operator.dirichlet_boundary:
             raise PiddmError(f"{operator.problem}: the exact-physics solve needs the unknown prescribed "
                              f"(Dirichlet) on the whole boundary; {instead}")
         self.operator = operator

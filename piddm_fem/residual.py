@@ -65,6 +65,13 @@ class ResidualOperator(torch.nn.Module):
     def uses_stencil(self) -> bool:
         return self.stencil is not None
 
+    @property
+    def dirichlet_boundary(self) -> bool:
+        """Whether the unknown is prescribed (Dirichlet) on the whole boundary and nowhere else:
+        no data rows, no open side (unlike a space-time problem's initial row and final time)."""
+        boundary = torch.from_numpy(grid.boundary_mask(self.resolution)).reshape(-1)
+        return not bool(self.data_mask.any()) and torch.equal(self.bc_mask.cpu(), boundary)
+
     def _stencil(self, op: dict) -> StencilResidual | None:
         """The stencil path when the operator is on the structured grid and every cell has the same
         element tensors; the constant term (degree 0) becomes one node vector."""

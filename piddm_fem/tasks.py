@@ -6,10 +6,11 @@ Given observations x' on a mask M (physical units), optimise the student's input
 
 and return x_mix. The misfit is measured in normalised units (channels comparable) and averaged
 over observed entries; P is the physics penalty (``dual_norm.PhysicsPenalty``) relative to a
-typical load: on the tasks by default the weak residual in the dual norm of the constant-coefficient
-stiffness, which weighs it like an error in u (``TASK_NORM``, docs/distillation.md says why), or
-"l2", the mean square of the scaled residual (``ResidualOperator.loss``); each norm has its own
-default weight (``TASK_LAMBDA``). The prior ``(|eps|^2 / d - 1)^2`` keeps eps on the Gaussian
+typical load: by default the operator's ``natural_norm``, the weak residual in the dual norm of
+the constant-coefficient stiffness where the unknown is Dirichlet on the whole boundary (it weighs
+the residual like an error in u; docs/distillation.md says why), else "l2", the mean square of the
+scaled residual (``ResidualOperator.loss``); each norm has its own default weight
+(``TASK_LAMBDA``). The prior ``(|eps|^2 / d - 1)^2`` keeps eps on the Gaussian
 shell. With an empty mask this is the refinement PIDDM-ref (absolute l2, lam = lambda_infer).
 Every problem and restart is optimised independently in one batch: the objective is a sum over
 the batch.
@@ -25,7 +26,6 @@ import torch
 from piddm_fem.dual_norm import PhysicsPenalty, check_norm
 from piddm_fem.errors import PiddmError
 
-TASK_NORM = "dual"
 TASK_LAMBDA = {"l2": 1e-3, "dual": 0.35}  # the default weight of each relative norm on the tasks (docs/distillation.md)
 
 
@@ -94,20 +94,21 @@ def recovery_mask(task: str, S: int, channels: list[str], meta: dict) -> dict[in
 
 def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask: torch.Tensor,
                     eps: torch.Tensor, steps: int = 200, lam: float | None = None, prior: float = 1.0,
-                    lr: float = 0.05, callback=None, exact=None, norm: str = TASK_NORM,
+                    lr: float = 0.05, callback=None, exact=None, norm: str | None = None,
                     relative: bool = True) -> dict:
     """Optimise eps [N, C, S, S] (one row per problem/restart); returns x_mix (physical units,
     detached), eps and the final per-row misfit and relative residual. ``observed`` and ``mask``
     are [N, C, S, S] in physical units (unobserved entries of ``observed`` are ignored). ``norm``
-    and ``lam`` (None: ``TASK_LAMBDA[norm]``) choose the physics penalty and its weight; the
-    penalty is ``relative`` to the typical load (``dual_norm.PhysicsPenalty``).
+    (None: the operator's natural norm) and ``lam`` (None: ``TASK_LAMBDA[norm]``) choose the
+    physics penalty and its weight; the penalty is ``relative`` to the typical load
+    (``dual_norm.PhysicsPenalty``).
 
     ``exact`` (e.g. ``LinearFEMSolve(operator).solve``) replaces the student's unknown by the FEM
     solution for the student's coefficients before the misfit is taken: exact physics, so the
     residual penalty is dropped and the student's own u is never compared with the data."""
     device = eps.device
     penalty = PhysicsPenalty(operator, norm, normalizer if relative else None)
-    lam = task_weight(norm, lam)
+    lam = task_weight(penalty.norm, lam)
     observed, mask = observed.to(device, torch.float32), mask.to(device, torch.float32)
     target = normalizer.normalize(observed)
     eps = eps.detach().clone().requires_grad_(True)
@@ -149,7 +150,7 @@ def refine(student, normalizer, operator, eps: torch.Tensor, steps: int, lambda_
 
 def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 200, lam: float | None = None,
                  restarts: int = 4, seed: int = 0, prior: float = 1.0, lr: float = 0.05,
-                 exact=None, norm: str = TASK_NORM) -> dict:
+                 exact=None, norm: str | None = None) -> dict:
     """Algorithm 3 for N problems: ``observed`` and ``mask`` [N, C, S, S] (physical units; the
     unobserved entries of ``observed`` are ignored), ``restarts`` eps per problem (noise indices
     0..restarts-1 of ``seed``). With ``steps`` > 0 the estimate is the ensemble mean over the restarts (std
@@ -190,7 +191,7 @@ def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 
 def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.ndarray, *,
                points: int | None = None, fraction: float | None = None, steps: int = 200,
                lam: float | None = None, restarts: int = 4, seed: int = 0, prior: float = 1.0,
-               lr: float = 0.05, norm: str = TASK_NORM) -> dict:
+               lr: float = 0.05, norm: str | None = None) -> dict:
     """Run a task on ground-truth samples ``truth`` [N, C, S, S] with ``restarts`` eps per problem.
 
     Returns the ensemble mean and std [N, C, S, S], the mask, per-problem errors of the mean and

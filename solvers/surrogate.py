@@ -21,7 +21,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.gridmap import sample_on_grid
-from piddm_fem.tasks import TASK_NORM, infer_masked, observation_mask
+from piddm_fem.tasks import infer_masked, observation_mask
 
 
 class Surrogate:
@@ -120,11 +120,11 @@ class Surrogate:
         return [self.functions(x) for x in stats["fields"]]
 
     def predict(self, coefficients, steps: int = 0, restarts: int = 4, lam: float | None = None, seed: int = 0,
-                V=None, norm: str = TASK_NORM):
+                V=None, norm: str | None = None):
         """The unknown for ``coefficients`` (a dict of Functions or grids, or a list of such dicts,
         predicted in one batch) by Algorithm 3's forward task: ``steps`` Adam steps on eps with
-        the physics penalty in ``norm`` weighted by ``lam`` (None: the norm's default,
-        ``tasks.TASK_LAMBDA``), ensemble mean of ``restarts``; ``steps=0`` is one student
+        the physics penalty in ``norm`` (None: the operator's natural norm) weighted by ``lam``
+        (None: the norm's default, ``tasks.TASK_LAMBDA``), ensemble mean of ``restarts``; ``steps=0`` is one student
         call on the best-fitting restart. Returns a Function (a list for a list) in ``V``, by
         default Q1 on the student's mesh."""
 

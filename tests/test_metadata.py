@@ -56,6 +56,15 @@ def test_data_rows_carry_no_residual_and_the_load_keeps_them():
     assert op.load(torch.zeros_like(x)).abs().max() == 0
 
 
+@pytest.mark.parametrize("name", problem_names())
+def test_the_tasks_natural_norm_is_dual_only_where_u_is_dirichlet_on_the_whole_boundary(name):
+    from piddm_fem.dual_norm import PhysicsPenalty, natural_norm
+
+    op = ResidualOperator(extract_operator(get_problem(name), 9))
+    expected = "l2" if name == "burgers" else "dual"  # Burgers: an initial row and an open final time
+    assert natural_norm(op) == expected and PhysicsPenalty(op, None).norm == expected
+
+
 def test_task_masks_and_errors_follow_the_metadata():
     S = 17
     meta = get_problem("burgers").metadata()

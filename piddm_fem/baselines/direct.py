@@ -3,8 +3,8 @@ itself (normalised units), from the teacher's sample or from the data mean, on
 
     masked misfit (mean square over observed entries, normalised) + lambda P(x)
 
-(P: the tasks' physics penalty in the budget's norm, ``dual_norm.PhysicsPenalty``, physical
-units): the student's objective without the student. With no observations (``sample``) it
+(P: the tasks' physics penalty in the budget's norm, by default the operator's natural norm,
+relative to a typical load: ``dual_norm.PhysicsPenalty``): the student's objective without the student. With no observations (``sample``) it
 refines teacher samples on the l2 residual alone (lambda_infer, as PIDDM-ref)."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Direct(BaseMethod):
         self.init = init
         self.can = (("sample",) if init == "teacher" else ()) + self.masked_tasks
         self.nfe = 2 * b.heun_steps - 1 if init == "teacher" else 0
-        self.settings = {"init": init, "steps": b.task_steps, "norm_tasks": b.task_norm,
+        self.settings = {"init": init, "steps": b.task_steps, "norm_tasks": setup.task_norm,
                          "lambda_tasks": setup.task_weight, "lambda_sample": b.lambda_infer, "lr": b.direct_lr}
 
     def _start(self, seed: int, n: int) -> torch.Tensor:
@@ -63,6 +63,6 @@ class Direct(BaseMethod):
         b = self.setup.budget
         m = torch.as_tensor(np.asarray(mask), dtype=torch.float64, device=self.setup.device)
         z = optimize_fields(self._start(seed, len(observed)), self.setup.normalizer,
-                            PhysicsPenalty(self.setup.operator, b.task_norm, self.setup.normalizer, "task_norm"), self.to_norm(observed),
+                            PhysicsPenalty(self.setup.operator, self.setup.task_norm, self.setup.normalizer), self.to_norm(observed),
                             m, steps=b.task_steps, lam=self.setup.task_weight, lr=b.direct_lr)
         return self.to_physical(z)

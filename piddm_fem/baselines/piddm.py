@@ -30,7 +30,7 @@ class Student(BaseMethod):
         distill = self.ckpt["config"].get("distill", {})
         self.settings = {"lambda_train": distill.get("lambda_train"), "refine_steps": self.refine_steps,
                          "lambda_infer": b.lambda_infer, "task_steps": self.task_steps,
-                         "task_norm": b.task_norm, "task_lambda": setup.task_weight, "restarts": b.restarts}
+                         "task_norm": setup.task_norm, "task_lambda": setup.task_weight, "restarts": b.restarts}
         pair, train = self.ckpt.get("pair_seconds"), self.ckpt.get("distill_seconds")
         self.costs = {"pair_seconds": pair, "distill_seconds": train, "student": str(checkpoint.resolve(directory))}
         if pair is not None and train is not None:
@@ -50,5 +50,5 @@ class Student(BaseMethod):
             return super().solve_task(task, observed, mask, seed)
         b = self.setup.budget
         r = infer_masked(self.student, self.normalizer, self.operator, observed, mask, steps=self.task_steps,
-                         lam=self.setup.task_weight, norm=b.task_norm, restarts=b.restarts, seed=seed)
+                         lam=self.setup.task_weight, norm=self.setup.task_norm, restarts=b.restarts, seed=seed)
         return r["mean"].numpy()
