@@ -147,4 +147,10 @@ def test_inverse_bad_input(cli, tiny_student, darcy_file, rd_student, tmp_path):
     code, _, err = cli("infer", tiny_student, "--task", "forward", "--data", darcy_file, "--index", "0",
                        "--physics", "fem", "--out", tmp_path / "d.h5")
     assert code == 2 and "belong to --task inverse" in err
+    code, _, err = cli("infer", tiny_student, "--task", "forward", "--data", darcy_file, "--index", "0",
+                       "--physics-norm", "h1", "--out", tmp_path / "e.h5")
+    assert code == 2 and "unknown --physics-norm 'h1'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("infer", tiny_student, "--task", "forward", "--data", darcy_file, "--index", "0",
+                       "--lambda", "-1", "--out", tmp_path / "f.h5")
+    assert code == 2 and "--lambda" in err
     assert not any(tmp_path.iterdir())  # nothing written half-way

@@ -197,6 +197,8 @@ def test_sample_and_infer_commands_write_validatable_files(cli, tiny_student, da
         assert np.array_equal(f["fields"][:][m], f["truth"][:][m])
     code, _, err = cli("validate", tmp_path / "inv.h5", "--json", tmp_path / "inv.json")
     assert code == 0, err
+    info = schema.read_info(tmp_path / "inv.h5")  # the penalty it used: Darcy's natural norm and weight
+    assert info.solver_parameters["physics_norm"] == "dual" and info.solver_parameters["lambda"] == TASK_LAMBDA["dual"]
 
 
 def test_solved_targets_keep_the_teachers_coefficients_with_zero_residual(tiny_teacher, darcy_file, tmp_path,
