@@ -134,23 +134,17 @@ def test_inverse_bad_input(cli, tiny_student, darcy_file, rd_student, tmp_path):
         AdjointInversion(problem, 9, np.zeros((0, 2)), np.zeros(0), 1e-5)
     with pytest.raises(PiddmError, match="no bounded coefficient"):
         AdjointInversion(get_problem("poisson"), 9, np.array([[0.5, 0.5]]), np.ones(1), 1e-5)
-    code, _, err = cli("infer", tiny_student, "--task", "inverse", "--data", darcy_file, "--index", "0",
-                       "--points", "0", "--physics", "fem", "--json", tmp_path / "a.json")
-    assert code == 2 and "--points 0" in err
-    data, _, student = rd_student
-    code, _, err = cli("infer", student, "--task", "inverse", "--data", data, "--index", "0",
-                       "--physics", "fem", "--json", tmp_path / "b.json")
-    assert code == 2 and "nonlinear in the unknown" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli("infer", tiny_student, "--task", "inverse", "--data", data, "--index", "0",
-                       "--physics", "fem", "--json", tmp_path / "c.json")
-    assert code == 2 and "checkpoint trained on darcy" in err
-    code, _, err = cli("infer", tiny_student, "--task", "forward", "--data", darcy_file, "--index", "0",
-                       "--physics", "fem", "--out", tmp_path / "d.h5")
-    assert code == 2 and "belong to --task inverse" in err
-    code, _, err = cli("infer", tiny_student, "--task", "forward", "--data", darcy_file, "--index", "0",
-                       "--physics-norm", "h1", "--out", tmp_path / "e.h5")
-    assert code == 2 and "unknown --physics-norm 'h1'" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli("infer", tiny_student, "--task", "forward", "--data", darcy_file, "--index", "0",
-                       "--lambda", "-1", "--out", tmp_path / "f.h5")
-    assert code == 2 and "--lambda" in err
+    data, _, rd = rd_student
+    cases = [  # (student, task, data, options, what the one-line error says)
+        (tiny_student, "inverse", darcy_file, ["--points", "0", "--physics", "fem", "--json", "a.json"], "--points 0"),
+        (rd, "inverse", data, ["--physics", "fem", "--json", "b.json"], "nonlinear in the unknown"),
+        (tiny_student, "inverse", data, ["--physics", "fem", "--json", "c.json"], "checkpoint trained on darcy"),
+        (tiny_student, "forward", darcy_file, ["--physics", "fem", "--out", "d.h5"], "belong to --task inverse"),
+        (tiny_student, "forward", darcy_file, ["--physics-norm", "h1", "--out", "e.h5"], "unknown --physics-norm 'h1'"),
+        (tiny_student, "forward", darcy_file, ["--lambda", "-1", "--out", "f.h5"], "--lambda"),
+    ]
+    for student, task, path, options, says in cases:
+        options = [tmp_path / o if o.endswith((".json", ".h5")) else o for o in options]
+        code, _, err = cli("infer", student, "--task", task, "--data", path, "--index", "0", *options)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, (options, err)
     assert not any(tmp_path.iterdir())  # nothing written half-way
