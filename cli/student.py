@@ -76,7 +76,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           points: Optional[int] = typer.Option(None, "--points", help="Observed random nodes, where the task observes points."),
           fraction: Optional[float] = typer.Option(None, "--fraction", help="Observed fraction, where the task observes one."),
           steps: int = typer.Option(200, "--steps"),
-          lam: Optional[float] = typer.Option(None, "--lambda", help="Physics weight [the norm's: l2 1e-3, dual 10]."),
+          lam: Optional[float] = typer.Option(None, "--lambda", help="Physics weight [the norm's: l2 1e-3, dual 0.35]."),
           physics_norm: Optional[str] = typer.Option(None, "--physics-norm", help="Physics penalty: dual (K0^-1 norm) | l2 (scaled residual) [dual where u is Dirichlet on the whole boundary, else l2]."),
           restarts: int = typer.Option(4, "--restarts", help="eps restarts per problem (ensemble)."),
           seed: int = typer.Option(0, "--seed"),

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from piddm_fem import checkpoint, checks, metrics, schema
+from piddm_fem.dual_norm import norm_for
 from piddm_fem.errors import PiddmError
 from piddm_fem.interrupt import write_atomic
-from piddm_fem.dual_norm import norm_for
 from piddm_fem.tasks import observation_mask, task_errors, task_weight
 
 
@@ -66,8 +66,8 @@ class Budget:
     lambda_infer: float = 1e-2
     restarts: int = 4           # PIDDM task ensembles
     task_steps: int = 100       # PIDDM-ref / lambda=0 task steps and direct optimisation steps
-    task_norm: str | None = None  # physics penalty of every optimisation method on the tasks; None:
-    task_lambda: float | None = None  # the operator's natural norm, the norm's weight (tasks.py)
+    task_norm: str | None = None      # physics penalty of the optimisation methods on the tasks (None: natural)
+    task_lambda: float | None = None  # its weight (None: the norm's default, tasks.TASK_LAMBDA)
     direct_lr: float = 0.05
     pidm_steps: int = 200       # PIDM fine-tuning steps of the teacher
     pidm_lambda: float = 1e-3   # PIDM's c_residual

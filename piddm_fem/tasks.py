@@ -10,10 +10,9 @@ typical load: by default the operator's ``natural_norm``, the weak residual in t
 the constant-coefficient stiffness where the unknown is Dirichlet on the whole boundary (it weighs
 the residual like an error in u; docs/distillation.md says why), else "l2", the mean square of the
 scaled residual (``ResidualOperator.loss``); each norm has its own default weight
-(``TASK_LAMBDA``). The prior ``(|eps|^2 / d - 1)^2`` keeps eps on the Gaussian
-shell. With an empty mask this is the refinement PIDDM-ref (absolute l2, lam = lambda_infer).
-Every problem and restart is optimised independently in one batch: the objective is a sum over
-the batch.
+(``TASK_LAMBDA``). The prior ``(|eps|^2 / d - 1)^2`` keeps eps on the Gaussian shell. With an
+empty mask this is the refinement PIDDM-ref (absolute l2, lam = lambda_infer). Every problem and
+restart is optimised independently in one batch: the objective is a sum over the batch.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ TASK_LAMBDA = {"l2": 1e-3, "dual": 0.35}  # the default weight of each relative 
 def task_weight(norm: str, lam: float | None) -> float:
     """The physics weight on the tasks: ``lam``, or ``norm``'s default (``TASK_LAMBDA``) when None."""
     return TASK_LAMBDA[check_norm(norm)] if lam is None else lam
+
 
 def _region(region, S: int, rng: np.random.Generator | None, what: str,
             points: int | None = None, fraction: float | None = None) -> torch.Tensor:

@@ -4,8 +4,9 @@ itself (normalised units), from the teacher's sample or from the data mean, on
     masked misfit (mean square over observed entries, normalised) + lambda P(x)
 
 (P: the tasks' physics penalty in the budget's norm, by default the operator's natural norm,
-relative to a typical load: ``dual_norm.PhysicsPenalty``): the student's objective without the student. With no observations (``sample``) it
-refines teacher samples on the l2 residual alone (lambda_infer, as PIDDM-ref)."""
+relative to a typical load: ``dual_norm.PhysicsPenalty``): the student's objective without the
+student. With no observations (``sample``) it refines teacher samples on the l2 residual alone
+(lambda_infer, as PIDDM-ref)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class Direct(BaseMethod):
             return super().solve_task(task, observed, mask, seed)
         b = self.setup.budget
         m = torch.as_tensor(np.asarray(mask), dtype=torch.float64, device=self.setup.device)
-        z = optimize_fields(self._start(seed, len(observed)), self.setup.normalizer,
-                            PhysicsPenalty(self.setup.operator, self.setup.task_norm, self.setup.normalizer), self.to_norm(observed),
+        penalty = PhysicsPenalty(self.setup.operator, self.setup.task_norm, self.setup.normalizer)
+        z = optimize_fields(self._start(seed, len(observed)), self.setup.normalizer, penalty, self.to_norm(observed),
                             m, steps=b.task_steps, lam=self.setup.task_weight, lr=b.direct_lr)
         return self.to_physical(z)
