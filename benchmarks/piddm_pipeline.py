@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -90,4 +91,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the time limit of benchmarks/gpu_session.sh, or Ctrl-C
+        sys.exit("stopped: the finished parts are saved; the same command continues from them")

@@ -128,6 +128,8 @@ class Distiller:
         if prev is not None:
             self.student.net.load_state_dict(prev["model"])
             self.opt.load_state_dict(prev["optimizer"])
+            for group in self.opt.param_groups:  # the saved state holds the old rate; a resume may set another
+                group["lr"] = self.cfg.lr
             self.step, self.best_val = int(prev["step"]), float(prev["best_val"])
             self.history = list(prev.get("history", []))
             self.train_seconds = float(prev.get("distill_seconds", 0.0))

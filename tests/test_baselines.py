@@ -265,10 +265,10 @@ def _benchmark(name):
     return module
 
 
-def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
+def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path, capsys):
     """benchmarks/piddm_pipeline.py (what benchmarks/gpu_session.sh runs): a teacher on a time
     budget whose probe start-up is not counted, the student and its first half as lambda = 0,
-    compare.json."""
+    compare.json; then benchmarks/seed_rows.py's tables of the saved rows."""
     pipeline = _benchmark("piddm_pipeline")
     out = tmp_path / "run"
     doc = pipeline.main(["--data", str(darcy20 / "data.h5"), "--out", str(out), "--train-teacher-seconds", "3",
@@ -281,6 +281,14 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path):
     saved = json.loads((out / "compare.json").read_text())
     assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "lambda=0", "eci", "fno"]
     assert saved["methods"][2]["settings"]["lambda_train"] == 0.0
+    capsys.readouterr()
+    _benchmark("seed_rows").main([str(out), "--figure", str(tmp_path / "rows.png")])
+    printed = capsys.readouterr().out.splitlines()
+    teacher, piddm1 = (next(line for line in printed if line.startswith(f"| {m} |")) for m in ("teacher", "PIDDM-1"))
+    rows = json.loads((out / "rows_seed0.json").read_text())["rows"]
+    ratio = rows["PIDDM-1"]["sample"]["residual"]["median"] / rows["teacher"]["sample"]["residual"]["median"]
+    assert teacher.split(" | ")[2] == "1.000" and piddm1.split(" | ")[2] == f"{ratio:.3f}"  # one seed: its ratio
+    assert any(line.startswith("| eci |") for line in printed) and (tmp_path / "rows.png").exists()
 
 
 def test_error_against_time_scales_every_method_alike(darcy20, tmp_path):

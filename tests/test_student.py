@@ -176,6 +176,11 @@ def test_distillation_resumes_where_it_stopped(tiny_teacher, darcy_file, tmp_pat
         distill(tiny_teacher, darcy_file, tmp_path / "s", 4, **settings)
     stats = distill(tiny_teacher, darcy_file, tmp_path / "s", 4, resume=True, **settings)
     assert stats["step"] == 4 and checkpoint.load(tmp_path / "s" / "last.pt")["step"] == 4
+    # a resume with another learning rate trains at that rate, not at the one in the saved optimizer
+    distill(tiny_teacher, darcy_file, tmp_path / "s", 6, resume=True, lr=1e-3, **settings)
+    saved = checkpoint.load(tmp_path / "s" / "last.pt")
+    assert saved["config"]["distill"]["lr"] == 1e-3
+    assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == [1e-3]
 
 
 def test_sample_and_infer_commands_write_validatable_files(cli, tiny_student, darcy_file, tmp_path):
