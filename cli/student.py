@@ -33,6 +33,8 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
             steps: int = typer.Option(2000, "--steps", help="Total optimisation steps."),
             batch: Optional[int] = typer.Option(None, "--batch"),
             lr: Optional[float] = typer.Option(None, "--lr"),
+            ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Sample an EMA of the weights "
+                                                      "with this decay, e.g. 0.999 (0: the weights themselves)."),
             seed: Optional[int] = typer.Option(None, "--seed"),
             device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
             resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.pt.")):
@@ -42,7 +44,8 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
     stats = run_distill(teacher_dir, data, out_dir, steps, device=device, resume=resume,
                         lambda_train=lambda_train, ramp_steps=ramp, delay_steps=delay, physics_norm=physics_norm,
                         physics_channels=physics_channels, k_steps=k_steps, targets=targets, pairs=pairs,
-                        teacher_steps=teacher_steps, refresh=refresh, batch=batch, lr=lr, seed=seed)
+                        teacher_steps=teacher_steps, refresh=refresh, batch=batch, lr=lr, ema_decay=ema_decay,
+                        seed=seed)
     if stats["interrupted"]:
         raise KeyboardInterrupt
     out.print(f"student at step {stats['step']} in {out_dir}: val regression "

@@ -38,7 +38,8 @@ from piddm_fem.fem_solve import LinearFEMSolve
 from piddm_fem.pairs import PairBank
 from piddm_fem.progress import progress_bar
 from piddm_fem.residual import ResidualOperator
-from piddm_fem.teacher import LOG_EVERY, build_network, load_teacher, memory_format, resolve_device, teacher_pairs
+from piddm_fem.teacher import (LOG_EVERY, build_network, load_teacher, memory_format, resolve_device, teacher_pairs,
+                               update_ema)
 
 OPERATOR_FILE, PAIRS_FILE = "operator.h5", "pairs.h5"
 PHYSICS_START = "physics_start.pt"  # with delay_steps: the student at that step, before any penalty
@@ -47,7 +48,8 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "refresh": ("--refresh", "[0, inf)"), "refresh_fraction": ("refresh_fraction", "(0, 1]"),
           "batch": ("--batch", "[1, inf)"), "lr": ("--lr", "(0, inf)"),
           "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
-          "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]")}
+          "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]"),
+          "ema_decay": ("--ema-decay", "[0, 1)")}
 PHYSICS_CHANNELS, TARGETS = ("all", "unknown"), ("teacher", "solved")
 
 
@@ -71,6 +73,7 @@ class DistillConfig:
     k_steps: int = 1              # network evaluations per sample
     targets: str = "teacher"      # teacher | solved: the unknown solved exactly for the teacher's coefficients
     channels_last: bool | None = None  # None: teacher.memory_format's choice for float32 (off on CUDA)
+    ema_decay: float = 0.0        # > 0: an EMA of the weights is validated, saved as "ema" and sampled
 
 
 class Student(nn.Module):
@@ -120,6 +123,8 @@ class Distiller:
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
         net = copy.deepcopy(self.teacher).requires_grad_(True).to(memory_format=memory_format(self.cfg.channels_last, device))
         self.student = Student(net, self.cfg.k_steps).train()
+        self.ema = copy.deepcopy(net).eval().requires_grad_(False) if self.cfg.ema_decay else None
+        self.sampled = self.student if self.ema is None else Student(self.ema, self.cfg.k_steps)  # validated, saved
         self.penalty = PhysicsPenalty(self.operator, self.cfg.physics_norm)
         self.solver = (LinearFEMSolve(self.operator, instead="distil on the teacher's samples: --targets teacher")
                        if self.cfg.targets == "solved" else None)
@@ -127,6 +132,8 @@ class Distiller:
         self.step, self.best_val, self.history, self.train_seconds = 0, float("inf"), [], 0.0
         if prev is not None:
             self.student.net.load_state_dict(prev["model"])
+            if self.ema is not None:  # a run without an EMA saved its weights as "ema"
+                self.ema.load_state_dict(prev["ema"])
             self.opt.load_state_dict(prev["optimizer"])
             for group in self.opt.param_groups:  # the saved state holds the old rate; a resume may set another
                 group["lr"] = self.cfg.lr
@@ -165,9 +172,9 @@ class Distiller:
             return 0.0
         return self.cfg.lambda_train * (1.0 if ramp <= 0 else min(1.0, step / ramp))
 
-    def losses(self, eps: torch.Tensor, x0: torch.Tensor):
-        """(regression [B], residual penalty [B]) of the student on a batch of pairs."""
-        pred = self.student(eps)
+    def losses(self, eps: torch.Tensor, x0: torch.Tensor, student: Student | None = None):
+        """(regression [B], residual penalty [B]) of ``student`` (the one trained) on a batch of pairs."""
+        pred = (student or self.student)(eps)
         regression = (pred - x0).square().flatten(1).mean(1)
         x = self.normalizer.denormalize(pred)
         if self.cfg.physics_channels == "unknown":  # the coefficients enter as constants
@@ -179,6 +186,7 @@ class Distiller:
     def checkpoint_dict(self, cfg: DistillConfig | None = None) -> dict:
         t = self.teacher_ckpt
         weights = self.student.net.state_dict()
+        ema = weights if self.ema is None else self.ema.state_dict()
         return {"kind": "student", "problem": t["problem"], "resolution": t["resolution"],
                 "channels": t["channels"], "params": t.get("params", {}),
                 "boundary": checkpoint.boundary(t), "meta": checkpoint.meta(t),
@@ -186,7 +194,7 @@ class Distiller:
                 "config": {**t["config"], "distill": asdict(cfg or self.cfg)},
                 "teacher": {"path": str(self.teacher_path), "step": t["step"],
                             "version": t.get("version")},
-                "model": weights, "ema": weights, "optimizer": self.opt.state_dict(),
+                "model": weights, "ema": ema, "optimizer": self.opt.state_dict(),
                 "step": self.step, "best_val": self.best_val, "history": self.history,
                 "pair_seconds": self.bank.generation_seconds,
                 "distill_seconds": self.train_seconds + time.perf_counter() - self._run_start}
@@ -217,6 +225,8 @@ class Distiller:
                     nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
                     self.opt.step()
                     self.step += 1
+                    if self.ema is not None:
+                        update_ema(self.ema, self.student.net, cfg.ema_decay, self.step)
                     if cfg.refresh and self.step % cfg.refresh == 0:
                         self.bank.refresh(cfg.refresh_fraction, np.random.default_rng([cfg.seed, self.step]))
                         bank = self._resident_bank()
@@ -256,8 +266,8 @@ class Distiller:
     @torch.no_grad()
     def validate(self, eps, x0) -> dict:
         self.student.eval()
-        regression, physics = self.losses(eps, x0)
-        relative = self.operator.relative(self.normalizer.denormalize(self.student(eps)).double())
+        regression, physics = self.losses(eps, x0, self.sampled)
+        relative = self.operator.relative(self.normalizer.denormalize(self.sampled(eps)).double())
         self.student.train()
         objective = float((regression + self.cfg.lambda_train * physics).mean())
         stats = {"val_regression": float(regression.mean()), "val_residual": float(physics.mean()),

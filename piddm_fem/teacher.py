@@ -127,6 +127,14 @@ def compiled(module):
     return call
 
 
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- decay ema + (1 - decay) net, one fused call; the decay is warmed up as
+    (1 + step) / (10 + step) so that early steps are not averaged with the initial weights."""
+    decay = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+
+
 def build_network(ckpt_config: dict, device="cpu") -> EDMPrecond:
     """The preconditioned U-Net described by a checkpoint's ``config`` (untrained weights) on
     ``device``, in the default float32 layout there (``memory_format``)."""
@@ -272,9 +280,7 @@ class TeacherTrainer:
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
-        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
+        update_ema(self.ema, self.net, self.cfg.ema_decay, self.step)
         return loss.detach()
 
     @torch.no_grad()

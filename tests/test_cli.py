@@ -165,6 +165,8 @@ def test_bad_values_and_outputs_are_refused_before_any_work(cli, tmp_path, darcy
         (("validate", darcy_file, "--max-residual", "nan"), ("--max-residual=nan",)),
         (("distill", tiny_teacher, "--data", darcy_file, "--out", tmp_path / "s", "--lambda-train", "-1"),
          ("--lambda-train=-1.0",)),
+        (("distill", tiny_teacher, "--data", darcy_file, "--out", tmp_path / "s", "--ema-decay", "1"),
+         ("--ema-decay=1.0", "[0, 1)")),
         ((*gen, "--out", ro / "x.h5"), ("cannot write",)),
         (("teacher", "train", darcy_file, "--out", ro / "t"), ("cannot write",)),
         (("teacher", "sample", tiny_teacher, "--n", "1", "--out", ro / "x.h5"), ("cannot write",)),

@@ -183,6 +183,31 @@ def test_distillation_resumes_where_it_stopped(tiny_teacher, darcy_file, tmp_pat
     assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == [1e-3]
 
 
+def test_student_ema_is_saved_sampled_and_continued_on_resume(tiny_teacher, darcy_file, tmp_path):
+    """With --ema-decay the checkpoint's "ema" is an average of the weights, which sampling loads,
+    and a resumed run continues that average rather than restarting it from the weights."""
+    from piddm_fem import checkpoint
+    from piddm_fem.student import distill, load_student
+
+    settings = dict(device="cpu", progress=False, lambda_train=1e-3, pairs=8, teacher_steps=2, batch=4,
+                    val_pairs=4, val_every=1, refresh=0)
+    distill(tiny_teacher, darcy_file, tmp_path / "plain", 2, **settings)
+    plain = checkpoint.load(tmp_path / "plain" / "last.pt")
+    assert all(torch.equal(plain["ema"][k], v) for k, v in plain["model"].items())
+    distill(tiny_teacher, darcy_file, tmp_path / "s", 3, ema_decay=0.5, **settings)
+    at3 = checkpoint.load(tmp_path / "s" / "last.pt")
+    student = load_student(tmp_path / "s")[0]
+    names = [k for k, _ in student.net.named_parameters()]
+    assert any(not torch.equal(at3["ema"][k], at3["model"][k]) for k in names)
+    assert all(torch.equal(v, at3["ema"][k]) for k, v in student.net.state_dict().items())
+    distill(tiny_teacher, darcy_file, tmp_path / "s", 4, resume=True, **settings)
+    at4 = checkpoint.load(tmp_path / "s" / "last.pt")
+    assert at4["config"]["distill"]["ema_decay"] == 0.5
+    decay = min(0.5, (1 + 4) / (10 + 4))  # update_ema's warm-up at step 4
+    for k in names:
+        torch.testing.assert_close(at4["ema"][k], torch.lerp(at3["ema"][k], at4["model"][k], 1 - decay))
+
+
 def test_sample_and_infer_commands_write_validatable_files(cli, tiny_student, darcy_file, tmp_path):
     code, out, err = cli("sample", tiny_student, "--n", "3", "--refine", "3", "--out", tmp_path / "s.h5",
                          "--device", "cpu")
