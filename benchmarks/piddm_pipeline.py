@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     p.add_argument("--distill-batch", type=int, default=32)
     p.add_argument("--lambda-train", type=float, default=2e-2)
     p.add_argument("--distill-lr", type=float, help="the student's Adam learning rate [piddm distill's default]")
+    p.add_argument("--distill-ema", type=float, help="sample an EMA of the student's weights with this decay [off]")
     p.add_argument("--pairs", type=int, default=512)
     p.add_argument("--targets", default="teacher", help="teacher | solved: the student's regression targets")
     p.add_argument("--methods", help="comma-separated (default: all)")
@@ -81,7 +82,8 @@ def main(argv=None) -> dict:
     if not (out / "student" / "done").exists():  # the demo's recipe; lambda = 0 is its first half
         distill_late_physics(teacher, args.data, out / "student", args.distill_steps, args.lambda_train,
                              args.device, progress=False, pairs=args.pairs, teacher_steps=budget.heun_steps,
-                             batch=args.distill_batch, targets=args.targets, lr=args.distill_lr)
+                             batch=args.distill_batch, targets=args.targets, lr=args.distill_lr,
+                             ema_decay=args.distill_ema)
     where = Path(args.compare_out or out)
     setup = load_setup(args.data, teacher, students, budget, args.device, where)
     doc = compare(setup, args.methods.split(",") if args.methods else None, args.seeds, fem=args.fem)
