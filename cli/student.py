@@ -106,8 +106,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
         checks.check_range("--lambda", lam, "[0, inf)")
     checks.check_range("--noise", noise, "[0, 1)")
     checks.check_range("--adjoint-steps", adjoint_steps, "[0, inf)")
-    if physics not in ("soft", "fem"):
-        raise PiddmError(f"unknown --physics {physics!r}; choose soft or fem")
+    checks.check_choice("--physics", physics, ("soft", "fem"))
     if task != "inverse" and (physics != "soft" or adjoint_steps or noise or json_out):
         raise PiddmError("--physics, --adjoint-steps, --noise and --json belong to --task inverse")
     dev = resolve_device(device)

@@ -86,3 +86,9 @@ def check_options(config, ranges: dict) -> None:
     (the command-line option that sets it, its interval)."""
     for name, (option, spec) in ranges.items():
         check_range(option, getattr(config, name), spec)
+
+
+def check_choice(option: str, value, allowed) -> None:
+    """The one-line error naming ``option`` when ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise PiddmError(f"unknown {option} {value!r}; choose {' or '.join(allowed)}")

@@ -23,6 +23,7 @@ import math
 import numpy as np
 import torch
 
+from piddm_fem import checks
 from piddm_fem.errors import PiddmError
 
 PHYSICS_NORMS = ("l2", "dual")
@@ -30,8 +31,7 @@ PHYSICS_NORMS = ("l2", "dual")
 
 def check_norm(norm: str, option: str = "--physics-norm") -> str:
     """``norm`` if it is one of ``PHYSICS_NORMS``, else the one-line error naming ``option``."""
-    if norm not in PHYSICS_NORMS:
-        raise PiddmError(f"unknown {option} {norm!r}; choose {' or '.join(PHYSICS_NORMS)}")
+    checks.check_choice(option, norm, PHYSICS_NORMS)
     return norm
 
 

@@ -114,10 +114,8 @@ class Distiller:
                                  "it or choose another --out")
             self.cfg = DistillConfig(**settings)
         checks.check_options(self.cfg, RANGES)
-        for value, allowed, option in ((self.cfg.physics_channels, PHYSICS_CHANNELS, "--physics-channels"),
-                                       (self.cfg.targets, TARGETS, "--targets")):
-            if value not in allowed:
-                raise PiddmError(f"unknown {option} {value!r}; choose {' or '.join(allowed)}")
+        checks.check_choice("--physics-channels", self.cfg.physics_channels, PHYSICS_CHANNELS)
+        checks.check_choice("--targets", self.cfg.targets, TARGETS)
         checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
