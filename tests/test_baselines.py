@@ -193,6 +193,9 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
     assert set(inverse) == {"rel_l2_a", "error_rate_a", "residual", "seconds_per_problem"}  # what inverse recovers
     assert rows["PIDDM-1"]["costs"]["pair_seconds"] > 0 and rows["PIDDM-1"]["costs"]["distill_seconds"] > 0
     assert rows["PIDDM-1"]["nfe"] == 1 and rows["teacher"]["nfe"] == 5
+    steps = doc["budget"]["guidance_steps"]  # DiffusionPDE's 5 per step of 2000, rescaled to the run's steps
+    assert rows["diffusionpde-weak"]["settings"]["zeta_obs"] == pytest.approx(5 * (2000 / steps) ** 0.5)
+    assert rows["dps-weak"]["settings"]["zeta_obs"] == 0.0
     md = (out / "compare.md").read_text()
     assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md
     assert doc["machine"].endswith(f"{torch.get_num_threads()} threads")  # named beside every timing

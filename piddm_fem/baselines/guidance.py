@@ -8,8 +8,8 @@ loss ||r(D)||_2 / S^2, their gradients are taken with respect to x_i through the
 x_{i+1} <- x_{i+1} - zeta_obs grad(obs) for the first 80% of the steps, then
 x_{i+1} <- x_{i+1} - 0.1 zeta_obs grad(obs) - zeta_pde grad(pde).
 Here the observation loss is taken in normalised units (one zeta for every channel instead of one
-per channel) and r is either their finite-difference stencil with the correct 1/h^2 scaling
-(``fd``) or the weak-form operator's strong-form residual (``weak``, the same units).
+per channel, rescaled to the run's step count: ``Budget.observation_weight``) and r is either
+their finite-difference stencil with the correct 1/h^2 scaling (``fd``) or the weak-form operator's strong-form residual (``weak``, the same units).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Guidance(BaseMethod):
             r = setup.operator.scaled
         self._r = r
         self.scale = 1.0 / S**2
-        self.settings = {"steps": self.steps, "zeta_obs": b.zeta_obs if observe else 0.0,
+        self.settings = {"steps": self.steps, "zeta_obs": b.observation_weight if observe else 0.0,
                          "zeta_pde": b.zeta_pde, "pde_from": b.pde_from, "residual": residual}
 
     def pde_loss(self, denoised: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ class Guidance(BaseMethod):
     def _run(self, eps, obs_loss=None) -> np.ndarray:
         b = self.setup.budget
         x0 = guided_heun(self.setup.teacher, eps, self.steps, obs_loss, self.pde_loss,
-                         b.zeta_obs if obs_loss is not None else 0.0, b.zeta_pde, b.pde_from)
+                         b.observation_weight if obs_loss is not None else 0.0, b.zeta_pde, b.pde_from)
         return self.to_physical(x0)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
