@@ -17,13 +17,16 @@
 # 3. PIDDM-ref's samples at 8x its refinement steps, beside the teacher at 8x its steps
 #    (benchmarks/error_vs_time.py --scales 8 --tasks none): the 0.1x goal (0.19x at the
 #    comparison's 40 steps on the H200, 0.08x at 320 on the CPU);
-# 4. every method of $METHODS over the same seeds, continuing the comparison where 2 left it;
-# 5. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
+# 4. PIDDM-ref's forward and inverse tasks at 2x their Adam steps (error_vs_time.py --scales 2):
+#    the 3% and 5% goals (5.0% and 14.3% at the comparison's 100 steps on the H200; on the CPU
+#    the forward error still fell from 100 to 200 steps, docs/results.md, seventh session);
+# 5. every method of $METHODS over the same seeds, continuing the comparison where 2 left it;
+# 6. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
 #    the teacher and PIDDM-1 for `piddm validate` here;
-# 6. with the time left, training throughput, the plain path beside the fast path and each option,
+# 7. with the time left, training throughput, the plain path beside the fast path and each option,
 #    and a profile of the eager steps (issue 11, part 1; benchmarks/train_throughput.py with
 #    torch.compile);
-# 7. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
+# 8. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
 #    and batch.
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
 # is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt,
@@ -36,13 +39,15 @@
 # unfinished method. Costs on the H200 (eighth session, docs/results.md): start 34 s, teacher
 # 138 s wall, pair bank 70 s (4096 pairs and refreshes), distillation 72 s per 1000 steps (3000
 # at 2e-4 without the EMA, whose update adds one fused call per step), the
-# comparison about 45 s per seed for $FIRST (estimated) and 75 s more per seed for the baselines.
+# comparison about 45 s per seed for $FIRST (estimated) and 75 s more per seed for the baselines,
+# Algorithm 3 at 2x about 30 s.
 # About 15 minutes in all, so: `LIMIT=540 bash benchmarks/gpu_session.sh` (timeout_s 590), then at
 # once, on the warm machine, the same with LIMIT set to what is left (about 260 s of a 15-minute
 # budget). The first call ends near the end of the distillation (resumed from its last.pt and pair
-# bank by the second); the second fits $FIRST over 3 seeds and step 3, and the baselines over
-# about one seed (all of them were measured over 2 seeds in the eighth session), not the
-# throughput rows.
+# bank by the second); the second fits $FIRST over 3 seeds and steps 3-4, and the baselines over
+# about one seed (all of them were measured over 2 seeds in the eighth session, DiffusionPDE
+# with the observation weight of 2000 steps; now it is rescaled to its 200, ninth session), not
+# the throughput rows.
 # Tested at tiny size on the CPU:
 # tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
 set -u
@@ -75,6 +80,11 @@ if [ -f "$RUN/student/done" ] && [ "$(left)" -gt 60 ]; then  # PIDDM-ref at 8x i
     --student "$RUN/student" --out "$RUN/evt" --scales 8 --seeds 0 --methods PIDDM-ref,teacher \
     --tasks none --guidance-steps "$GUIDANCE" --n-eval 64 --device "$DEVICE" 2>&1 | grep -v "━" | tee -a "$RUN/evt.txt"
 fi
+if [ -f "$RUN/student/done" ] && [ "$(left)" -gt 60 ]; then  # Algorithm 3 at 2x its task steps
+  timeout -s INT -k 20 "$(left)" python3 benchmarks/error_vs_time.py --data "$DATA/darcy64.h5" --teacher "$RUN/teacher" \
+    --student "$RUN/student" --out "$RUN/evt_tasks" --scales 2 --seeds 0 --methods PIDDM-ref \
+    --tasks forward,inverse --n-eval 64 --task-problems "$PROBLEMS" --device "$DEVICE" 2>&1 | grep -v "━" | tee -a "$RUN/evt.txt"
+fi
 pipeline "$METHODS"
 # the comparison's rows so far, finished or cut, as tables (benchmarks/seed_rows.py)
 ls "$RUN"/rows_seed*.json >/dev/null 2>&1 && python3 benchmarks/seed_rows.py "$RUN" > "$RUN/seed_rows.md"
@@ -93,6 +103,6 @@ if [ ! -f "$RUN/sampling.txt" ] && [ "$(left)" -gt 70 ]; then  # the pair bank's
     --devices "$DEVICE" --variants 2>&1 | tee "$RUN/sampling.txt"
 fi
 # at most 8 files come back: the text files, the samples, and everything else in one archive
-(cd "$RUN" && tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='*.h5' --exclude='*.npz' ./*.json ./*.md ./*.png ./*.txt student/done evt 2>/dev/null)
+(cd "$RUN" && tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='*.h5' --exclude='*.npz' ./*.json ./*.md ./*.png ./*.txt student/done evt evt_tasks 2>/dev/null)
 cp "$RUN"/residual.txt "$RUN"/throughput.txt "$RUN"/sampling.txt "$RUN"/pipeline.txt "$RUN"/seed_rows.md "$RUN"/samples_*.h5 "$OUT"/ 2>/dev/null
 ls -la "$OUT"
