@@ -9,7 +9,8 @@ x_{i+1} <- x_{i+1} - zeta_obs grad(obs) for the first 80% of the steps, then
 x_{i+1} <- x_{i+1} - 0.1 zeta_obs grad(obs) - zeta_pde grad(pde).
 Here the observation loss is taken in normalised units (one zeta for every channel instead of one
 per channel, rescaled to the run's step count: ``Budget.observation_weight``) and r is either
-their finite-difference stencil with the correct 1/h^2 scaling (``fd``) or the weak-form operator's strong-form residual (``weak``, the same units).
+their finite-difference stencil with the correct 1/h^2 scaling (``fd``) or the weak-form
+operator's strong-form residual (``weak``, the same units).
 """
 
 from __future__ import annotations
