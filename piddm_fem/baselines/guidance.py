@@ -68,6 +68,7 @@ class Guidance(BaseMethod):
         self.residual, self.observe = residual, observe
         self.can = self.masked_tasks if observe else ("sample",)
         self.steps = b.guidance_steps
+        self.zeta_obs = b.observation_weight if observe else 0.0
         self.nfe = 2 * self.steps - 1
         S = setup.info.resolution
         if residual == "fd":
@@ -82,7 +83,7 @@ class Guidance(BaseMethod):
             r = setup.operator.scaled
         self._r = r
         self.scale = 1.0 / S**2
-        self.settings = {"steps": self.steps, "zeta_obs": b.observation_weight if observe else 0.0,
+        self.settings = {"steps": self.steps, "zeta_obs": self.zeta_obs,
                          "zeta_pde": b.zeta_pde, "pde_from": b.pde_from, "residual": residual}
 
     def pde_loss(self, denoised: torch.Tensor) -> torch.Tensor:
@@ -92,8 +93,8 @@ class Guidance(BaseMethod):
 
     def _run(self, eps, obs_loss=None) -> np.ndarray:
         b = self.setup.budget
-        x0 = guided_heun(self.setup.teacher, eps, self.steps, obs_loss, self.pde_loss,
-                         b.observation_weight if obs_loss is not None else 0.0, b.zeta_pde, b.pde_from)
+        x0 = guided_heun(self.setup.teacher, eps, self.steps, obs_loss, self.pde_loss, self.zeta_obs,
+                         b.zeta_pde, b.pde_from)
         return self.to_physical(x0)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
