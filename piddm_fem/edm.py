@@ -61,26 +61,37 @@ class EDMLoss:
         return weight * (D - x) ** 2
 
 
-SAMPLE_STREAM, PAIR_STREAM, VAL_STREAM = 0, 1, 2  # noise streams: sampling, distillation pairs, their validation
+SAMPLE_STREAM, PAIR_STREAM, VAL_STREAM, RESAMPLE_STREAM = 0, 1, 2, 3
+# noise streams: sampling, distillation pairs, their validation, fresh noise drawn during sampling (ECI)
+
+
+class RowNoise:
+    """Standard normal noise whose row k depends only on (seed, indices[k], stream), whatever the
+    batch or the device: one CPU ``torch.Generator`` per index (as EDM's StackedRandomGenerator),
+    seeded from ``SeedSequence([seed, index])`` (with ``stream`` appended when it is not
+    SAMPLE_STREAM). Each ``draw`` continues every row's generator: a sampler that draws fresh
+    noise at each step gets the same draws for a problem in any batch."""
+
+    def __init__(self, seed: int, indices, stream: int = SAMPLE_STREAM):
+        self.generators = []
+        for k in np.asarray(indices, dtype=np.int64).reshape(-1):
+            entropy = [int(seed), int(k)] + ([int(stream)] if stream != SAMPLE_STREAM else [])
+            state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
+            self.generators.append(torch.Generator().manual_seed(int(state[0])))
+
+    def draw(self, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        """The next [len(indices), *shape] draw."""
+        out = [torch.randn(tuple(shape), generator=g, dtype=torch.float64) for g in self.generators]
+        eps = torch.stack(out) if out else torch.empty((0, *shape), dtype=torch.float64)
+        return eps.to(device=device, dtype=dtype)
 
 
 def noise_for_indices(seed: int, indices, shape, device="cpu", dtype=torch.float32,
                       stream: int = SAMPLE_STREAM) -> torch.Tensor:
-    """Standard normal eps [len(indices), *shape]; row k depends only on (seed, indices[k], stream).
-
-    One CPU ``torch.Generator`` per index (as EDM's StackedRandomGenerator), seeded from
-    ``SeedSequence([seed, index])`` (with ``stream`` appended when it is not SAMPLE_STREAM), so the
-    noise is the same whatever the batch or the device. Streams never share a row: a student is
-    distilled on PAIR_STREAM and sampled, like every other method, on SAMPLE_STREAM, so that it is
-    never evaluated on the noise it was trained on."""
-    out = []
-    for k in np.asarray(indices, dtype=np.int64).reshape(-1):
-        entropy = [int(seed), int(k)] + ([int(stream)] if stream != SAMPLE_STREAM else [])
-        state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
-        g = torch.Generator().manual_seed(int(state[0]))
-        out.append(torch.randn(tuple(shape), generator=g, dtype=torch.float64))
-    eps = torch.stack(out) if out else torch.empty((0, *shape), dtype=torch.float64)
-    return eps.to(device=device, dtype=dtype)
+    """Standard normal eps [len(indices), *shape], the first draw of ``RowNoise``. Streams never
+    share a row: a student is distilled on PAIR_STREAM and sampled, like every other method, on
+    SAMPLE_STREAM, so that it is never evaluated on the noise it was trained on."""
+    return RowNoise(seed, indices, stream).draw(shape, device, dtype)
 
 
 def sigma_steps(num_steps: int = 18, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,

@@ -60,15 +60,64 @@ def test_pde_guidance_alone_lowers_the_loss_it_guides_on():
     assert float(pde(guided).mean()) < 0.5 * float(pde(free).mean())
 
 
-def test_eci_reproduces_the_observed_entries_exactly():
+class TiedChannelsDenoiser(torch.nn.Module):
+    """Exact E[x0 | x0 + sigma n] for x0 = (z, z), z ~ N(0, 1) per pixel: both channels
+    (x_0 + x_1) / (2 + sigma^2). A prior that ties an unobserved channel to an observed one."""
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        m = (x[:, :1] + x[:, 1:]) / (2 + sigma**2)
+        return torch.cat([m, m], dim=1)
+
+
+@pytest.mark.parametrize("mix,resample_every", [(1, 0), (5, 1), (3, 2)])
+def test_eci_reproduces_the_observed_entries_exactly(mix, resample_every):
     from piddm_fem.baselines.eci import eci_sample
+    from piddm_fem.edm import RESAMPLE_STREAM, RowNoise
 
     net, eps = GaussianDenoiser(mu=0.5), _noise(8)
     mask = (torch.rand(eps.shape, generator=torch.Generator().manual_seed(1)) < 0.2).double()
     target = torch.randn(eps.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    x = eci_sample(net, eps, 10, target, mask)
+    x = eci_sample(net, eps, 10, target, mask, mix=mix, resample_every=resample_every,
+                   fresh=RowNoise(0, range(8), RESAMPLE_STREAM))
     assert torch.equal(x[mask > 0], target[mask > 0])
     assert (x[mask == 0] - target[mask == 0]).abs().mean() > 0.3
+
+
+def test_eci_carries_the_observations_to_what_the_prior_ties_them_to():
+    """Channel 0 observed, channel 1 free but equal to channel 0 under the prior: ECI's rounds of
+    correction and re-noising must bring channel 1 to the observations (the prior's spread is 1)."""
+    from piddm_fem.baselines.eci import eci_sample
+    from piddm_fem.edm import RESAMPLE_STREAM, RowNoise
+
+    eps = _noise(16)
+    mask = torch.zeros_like(eps)
+    mask[:, 0] = 1.0
+    target = torch.randn(eps.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = eci_sample(TiedChannelsDenoiser(), eps, 18, target, mask, fresh=RowNoise(0, range(16), RESAMPLE_STREAM))
+    assert float((x[:, 1] - target[:, 0]).abs().mean()) < 0.05
+
+
+def test_eci_evaluates_steps_times_mix_and_each_problem_sees_its_own_noise():
+    from piddm_fem.baselines.eci import eci_sample
+    from piddm_fem.edm import RESAMPLE_STREAM, RowNoise, noise_for_indices
+
+    calls = []
+
+    class Counting(GaussianDenoiser):
+        def forward(self, x, sigma):
+            calls.append(len(x))
+            return super().forward(x, sigma)
+
+    shape = (2, 8, 8)
+    eps = noise_for_indices(0, range(4), shape, dtype=torch.float64)
+    mask = (torch.rand((4, *shape), generator=torch.Generator().manual_seed(1)) < 0.2).double()
+    target = torch.randn((4, *shape), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    batch = eci_sample(Counting(), eps, 6, target, mask, mix=3, fresh=RowNoise(0, range(4), RESAMPLE_STREAM))
+    assert calls == [4] * 18
+    alone = eci_sample(Counting(), eps[2:3], 6, target[2:3], mask[2:3], mix=3,
+                       fresh=RowNoise(0, [2], RESAMPLE_STREAM))
+    torch.testing.assert_close(alone[0], batch[2], rtol=0, atol=1e-14)
 
 
 def test_fd_residual_of_a_smooth_poisson_solution_is_second_order():
@@ -149,9 +198,12 @@ def test_pidm_finetuning_lowers_the_residual_of_the_posterior_mean(darcy_file, t
         return float(setup.operator.loss(setup.normalizer.denormalize(outputs[0].double())).mean())
 
     before = physics(setup.teacher)
-    finetune(setup, tmp_path / "pidm", steps=30, lam=10.0, lr=1e-3, ema_decay=0.0)
+    cost = finetune(setup, tmp_path / "pidm", steps=30, lam=10.0, lr=1e-3, ema_decay=0.0)
     after = physics(load_teacher(tmp_path / "pidm" / "last.pt")[0])
     assert after < 0.5 * before
+    # a finished fine-tuning is reused, and reports the time it took, not the time of the reuse
+    again = finetune(setup, tmp_path / "pidm", steps=30, lam=10.0, lr=1e-3, ema_decay=0.0)
+    assert cost["seconds"] > 0.1 and again["seconds"] == pytest.approx(cost["seconds"], abs=0.05)
 
 
 @pytest.fixture(scope="module")

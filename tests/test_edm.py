@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from piddm_fem.edm import (PAIR_STREAM, SAMPLE_STREAM, VAL_STREAM, EDMLoss, EDMPrecond, heun_sample,
-                           noise_for_indices, sigma_steps)
+from piddm_fem.edm import (PAIR_STREAM, RESAMPLE_STREAM, SAMPLE_STREAM, VAL_STREAM, EDMLoss, EDMPrecond, RowNoise,
+                           heun_sample, noise_for_indices, sigma_steps)
 from piddm_fem.errors import PiddmError
 from piddm_fem.unet import UNet, padding_for, preset
 
@@ -129,14 +129,25 @@ def test_noise_depends_only_on_seed_and_index():
 
 
 def test_noise_streams_share_no_row():
-    """Distillation pairs (and their validation) are drawn where sampling never draws."""
+    """Distillation pairs (and their validation) are drawn where sampling never draws, and so is
+    the fresh noise that a sampler draws while it runs (its later draws included)."""
     shape = (2, 6, 6)
     streams = [noise_for_indices(7, range(50), shape, stream=s).flatten(1)
-               for s in (SAMPLE_STREAM, PAIR_STREAM, VAL_STREAM)]
+               for s in (SAMPLE_STREAM, PAIR_STREAM, VAL_STREAM, RESAMPLE_STREAM)]
+    fresh = RowNoise(7, range(50), RESAMPLE_STREAM)
+    fresh.draw(shape)
+    streams.append(fresh.draw(shape).flatten(1))
     torch.testing.assert_close(streams[0], noise_for_indices(7, range(50), shape).flatten(1), rtol=0, atol=0)
-    for i in range(3):
-        for j in range(i + 1, 3):
+    for i in range(len(streams)):
+        for j in range(i + 1, len(streams)):
             assert torch.cdist(streams[i], streams[j]).min() > 1.0
+
+
+def test_later_draws_of_a_row_do_not_depend_on_the_batch():
+    shape = (2, 5, 5)
+    batch, alone = RowNoise(3, range(6), RESAMPLE_STREAM), RowNoise(3, [4], RESAMPLE_STREAM)
+    for _ in range(3):
+        torch.testing.assert_close(alone.draw(shape)[0], batch.draw(shape)[4], rtol=0, atol=0)
 
 
 def _randomised(net):
