@@ -4,7 +4,7 @@ Firedrake's assemble loop, side by side in one run.
 Prints fields/s at S = 64 and 128 for a batch of B = 256 random Darcy fields: the stencil path
 (structured grid: shifted slices), the general path (gather, einsum, index_add) on the same operator,
 in float64 and float32, and the Firedrake assemble loop (per sample), with their ratios; CUDA rows
-when a GPU is present, eager and under torch.compile (on the H200 the eager stencil path ran at the
+when a GPU is present, eager, under torch.compile and compiled with CUDA graphs (on the H200 the eager stencil path ran at the
 same ~0.3M fields/s at S = 64 and 128: launch-bound, docs/results.md). Each rate is the best of
 repeated timings (the machine may be shared), and the load average is printed beside it. Without
 Firedrake (a GPU node), pass operator files exported beforehand:
@@ -76,17 +76,21 @@ def bench(op: dict, B: int, assemble_loop=None, chunks=()) -> None:
                         torch.cuda.synchronize()
 
                     rows[f"{path} cuda {name}"] = rate(run, B)
-                fused = torch.compile(gop.raw)  # one launch-bound chain of small kernels fused
                 y = gx.to(torch.float32)
+                # one launch-bound chain of small kernels fused; then also replayed as a CUDA graph,
+                # without the per-call host work that bounds both paths at S = 64 (B = 256 fields
+                # take about 0.1 ms compiled on the H200)
+                for mode, label in ((None, "compiled"), ("reduce-overhead", "compiled+graphs")):
+                    fused = torch.compile(gop.raw, mode=mode)
 
-                def run_compiled():
-                    fused(y)
-                    torch.cuda.synchronize()
+                    def run_compiled():
+                        fused(y)
+                        torch.cuda.synchronize()
 
-                try:  # a compiler failure must not cost the eager rows of a scarce GPU run
-                    rows[f"{path} cuda f32 compiled"] = rate(run_compiled, B)
-                except Exception as exc:  # noqa: BLE001  (torch._dynamo raises many kinds)
-                    print(f"  {path} cuda f32 compiled: failed ({type(exc).__name__})")
+                    try:  # a compiler failure must not cost the eager rows of a scarce GPU run
+                        rows[f"{path} cuda f32 {label}"] = rate(run_compiled, B)
+                    except Exception as exc:  # noqa: BLE001  (torch._dynamo raises many kinds)
+                        print(f"  {path} cuda f32 {label}: failed ({type(exc).__name__})")
                 op_.to("cpu")
     if assemble_loop is not None:
         n = 16
