@@ -52,9 +52,10 @@ def finetune(setup, out_dir, steps: int, lam: float, lr: float = 2e-4, ema_decay
     stats = trainer.run(start + steps, progress=progress)
     if stats["interrupted"]:
         raise KeyboardInterrupt
-    # the training time recorded in the checkpoints, so that a reused or resumed run reports
-    # the fine-tuning's time, not the time of this call
-    return {"seconds": trainer.train_seconds - float(setup.teacher_ckpt.get("train_seconds", 0.0)), "steps": steps}
+    # the training time recorded in the checkpoint, so that a reused or resumed run reports the
+    # fine-tuning's time, not the time of this call
+    recorded = float(checkpoint.load(last)["train_seconds"])
+    return {"seconds": recorded - float(setup.teacher_ckpt.get("train_seconds", 0.0)), "steps": steps}
 
 
 class PIDM(BaseMethod):
