@@ -22,7 +22,7 @@ def compare(ctx: typer.Context,
             ablation: Optional[Path] = typer.Option(None, "--ablation", help="The lambda_train = 0 student (a run or a checkpoint, e.g. a --delay run's physics_start.pt)."),
             methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated names [all that the given runs allow]."),
             tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks [every task of the problem's metadata]."),
-            seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Seeds: --seeds 0 1 2 (or repeated)."),
+            seeds: list[int] = typer.Option([0, 1, 2], "--seeds", min=0, help="Seeds: --seeds 0 1 2 (or repeated)."),
             out_dir: Path = typer.Option(..., "--out", help="Output directory."),
             quick: bool = typer.Option(False, "--quick", help="Tiny budgets: a seconds-long smoke run."),
             guidance_steps: Optional[int] = typer.Option(None, "--guidance-steps", help="Steps of the guided samplers [200]."),
@@ -38,7 +38,7 @@ def compare(ctx: typer.Context,
     from piddm_fem.errors import PiddmError
     from piddm_fem.report import write_compare
 
-    extra = [a for a in ctx.args if not a.lstrip("-").isdigit()]
+    extra = [a for a in ctx.args if not a.isdigit()]
     if extra:
         raise PiddmError(f"unexpected argument {extra[0]!r}; options are listed by `piddm compare --help`")
     seeds = list(seeds) + [int(a) for a in ctx.args]  # --seeds 0 1 2: the later seeds arrive as extra arguments

@@ -54,7 +54,7 @@ DISAGREE = 1e-8  # torch vs FEM scaled residual, RMS relative to the load RMS (r
 @app.command()
 def solve(problem: str = typer.Argument(..., help=PROBLEM_HELP),
           res: int = typer.Option(33, "--res", help="Grid points per side S (mesh of (S-1)^2 cells)."),
-          seed: int = typer.Option(0, help="Seed of the coefficient draw (sample 0 of this seed)."),
+          seed: int = typer.Option(0, min=0, help="Seed of the coefficient draw (sample 0 of this seed)."),
           vtk: Optional[Path] = typer.Option(None, help="Directory for a ParaView .pvd file."),
           png: Optional[Path] = typer.Option(None, help="PNG figure of the fields."),
           solver: str = typer.Option("direct", "--solver", help="direct (MUMPS LU) | krylov (CG or GMRES + GAMG)."),
@@ -113,7 +113,7 @@ def solve(problem: str = typer.Argument(..., help=PROBLEM_HELP),
 def generate(problem: str = typer.Argument(..., help=PROBLEM_HELP),
              n_samples: int = typer.Option(..., "--n-samples", "-n", help="Number of samples."),
              res: int = typer.Option(33, "--res", help="Grid points per side S."),
-             seed: int = typer.Option(0, help="Dataset seed; sample i depends on (seed, i) only."),
+             seed: int = typer.Option(0, min=0, help="Dataset seed; sample i depends on (seed, i) only."),
              out_path: Path = typer.Option(..., "--out", help="Output HDF5 file."),
              resume: bool = typer.Option(False, help="Complete an interrupted <out>.partial."),
              overwrite: bool = typer.Option(False, help="Replace an existing file."),
@@ -245,10 +245,15 @@ def run() -> None:
     except typer.Exit as exc:  # Typer turns a KeyboardInterrupt into Exit(130)
         code = exc.exit_code
     except Exception as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click usage errors
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `piddm` alone: the help
             exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        else:  # a usage error (a missing argument, a value of the wrong type or range): one line
+            command = getattr(getattr(exc, "ctx", None), "command_path", "piddm")
+            console.print(f"[red]error:[/red] {exc.format_message().rstrip('.')}; see `{command} --help`",
+                          highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     if code == 130:
         console.print(INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)

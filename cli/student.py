@@ -35,7 +35,7 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
             lr: Optional[float] = typer.Option(None, "--lr"),
             ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Sample an EMA of the weights "
                                                       "with this decay, e.g. 0.999 (0: the weights themselves)."),
-            seed: Optional[int] = typer.Option(None, "--seed"),
+            seed: Optional[int] = typer.Option(None, "--seed", min=0),
             device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
             resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.pt.")):
     """Distil a teacher into a one-step (or k-step) student with the weak-form residual penalty."""
@@ -54,7 +54,7 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
 
 
 def sample(student_dir: Path = typer.Argument(..., help="Student run directory or checkpoint."),
-           n: int = typer.Option(64, "--n"), seed: int = typer.Option(0, "--seed"),
+           n: int = typer.Option(64, "--n"), seed: int = typer.Option(0, "--seed", min=0),
            refine_steps: int = typer.Option(0, "--refine", help="PIDDM-ref: Adam steps on eps (0: PIDDM-1)."),
            lambda_infer: float = typer.Option(1e-2, "--lambda-infer", help="Residual weight of refinement."),
            out_path: Path = typer.Option(..., "--out"), batch: int = typer.Option(256, "--batch"),
@@ -82,7 +82,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
           lam: Optional[float] = typer.Option(None, "--lambda", help="Physics weight [the norm's: l2 1e-3, dual 0.35]."),
           physics_norm: Optional[str] = typer.Option(None, "--physics-norm", help="Physics penalty: dual (K0^-1 norm) | l2 (scaled residual) [dual where u is Dirichlet on the whole boundary, else l2]."),
           restarts: int = typer.Option(4, "--restarts", help="eps restarts per problem (ensemble)."),
-          seed: int = typer.Option(0, "--seed"),
+          seed: int = typer.Option(0, "--seed", min=0),
           out_path: Optional[Path] = typer.Option(None, "--out", help="HDF5 file of the estimates."),
           physics: str = typer.Option("soft", "--physics", help="inverse: soft (residual penalty) | fem (exact FEM solve in the loop)."),
           adjoint_steps: int = typer.Option(0, "--adjoint-steps", help="inverse: finish with K L-BFGS iterations of the adjoint inversion."),

@@ -29,7 +29,7 @@ def train(data: Path = typer.Argument(..., help="Dataset HDF5 file (piddm genera
                                                 "that fits in memory on the device."),
           compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                                  help="torch.compile the network (falls back to eager) [no]."),
-          seed: Optional[int] = typer.Option(None, help="Seed of initialisation, data order and noise [0].")):
+          seed: Optional[int] = typer.Option(None, min=0, help="Seed of initialisation, data order and noise [0].")):
     """Train (or resume) the teacher; Ctrl-C saves OUT/last.pt. Multi-GPU: torchrun --nproc_per_node=K."""
     from piddm_fem.teacher import train_teacher
 
@@ -51,7 +51,7 @@ def train(data: Path = typer.Argument(..., help="Dataset HDF5 file (piddm genera
 def sample(ckpt: Path = typer.Argument(..., help="Teacher checkpoint file or training directory."),
            n: int = typer.Option(..., "--n", help="Number of samples (noise indices 0..n-1)."),
            steps: int = typer.Option(18, "--steps", help="Heun steps N_s (2 N_s - 1 network evaluations)."),
-           seed: int = typer.Option(0, help="Noise seed; sample k depends on (seed, k) only."),
+           seed: int = typer.Option(0, min=0, help="Noise seed; sample k depends on (seed, k) only."),
            out_path: Path = typer.Option(..., "--out", help="Output HDF5 file in the dataset schema."),
            batch: int = typer.Option(64, help="Samples per batch."),
            device: str = typer.Option("auto", help="auto | cpu | cuda."),

@@ -12,14 +12,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from piddm_fem import __version__, checks
 from piddm_fem.errors import PiddmError
+from piddm_fem.interrupt import deferred
 
 SCHEMA_VERSION = 1
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
@@ -324,13 +326,14 @@ def check_fields(where, info: DatasetInfo, fields: np.ndarray, status=None, indi
 
 def write(path: str | os.PathLike, info: DatasetInfo, fields: np.ndarray, *,
           overwrite: bool = False, extra: dict | None = None) -> None:
-    """Write a whole file at once (model samples): partial file, then atomic rename.
+    """Write a whole file at once (model samples): partial file, then atomic rename. An
+    interrupted run's partial file at ``path`` (e.g. of ``piddm generate``) is only replaced
+    with ``overwrite``.
 
     ``extra`` maps dataset names to arrays stored beside ``fields`` (e.g. ensemble std)."""
-    info.n_samples = int(fields.shape[0])
+    info = replace(info, n_samples=int(fields.shape[0]))
     check_fields(path, info, fields)
     with exclusive(path):
-        partial_path(path).unlink(missing_ok=True)  # a whole-file write never resumes
         f = create(path, info, overwrite=overwrite)
         try:
             f["fields"][...] = fields
@@ -349,25 +352,39 @@ OPERATOR_GROUP = "operator"
 
 
 def write_operator(path: str | os.PathLike, op: dict, h5file=None) -> None:
-    """Store an extracted operator in group ``operator`` of a dataset file (or an open h5 file)."""
-    f = _h5py().File(path, "a") if h5file is None else h5file
-    try:
-        if OPERATOR_GROUP in f:
-            del f[OPERATOR_GROUP]
-        g = f.create_group(OPERATOR_GROUP)
-        g.attrs.update({"problem": op["problem"], "params": json.dumps(op["params"]),
-                        "resolution": op["resolution"], "channels": json.dumps(op["channels"]),
-                        "unknown": op["unknown"], "n_terms": len(op["terms"]),
-                        "structured": bool(op.get("structured", False)),
-                        "schema_version": SCHEMA_VERSION})
-        for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values", "data_mask"):
-            g.create_dataset(name, data=op[name])
-        for n, (combo, tensor) in enumerate(op["terms"]):
-            d = g.create_dataset(f"term{n}", data=tensor)
-            d.attrs["channels"] = np.asarray(combo, dtype=np.int64)
-    finally:
-        if h5file is None:
-            f.close()
+    """Store an extracted operator in group ``operator`` of a dataset file (or of an open h5 file,
+    the caller's to finish). A file on disk is rewritten as a copy that replaces it when complete:
+    an interruption leaves the file as it was, never an operator with terms missing."""
+    if h5file is not None:
+        _operator_group(h5file, op)
+        return
+    path = Path(path)
+    with exclusive(path), deferred():
+        tmp = path.with_name(path.name + ".operator.partial")
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        try:
+            with _h5py().File(tmp, "a") as f:
+                _operator_group(f, op)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _operator_group(f, op: dict) -> None:
+    if OPERATOR_GROUP in f:
+        del f[OPERATOR_GROUP]
+    g = f.create_group(OPERATOR_GROUP)
+    g.attrs.update({"problem": op["problem"], "params": json.dumps(op["params"]),
+                    "resolution": op["resolution"], "channels": json.dumps(op["channels"]),
+                    "unknown": op["unknown"], "n_terms": len(op["terms"]),
+                    "structured": bool(op.get("structured", False)),
+                    "schema_version": SCHEMA_VERSION})
+    for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values", "data_mask"):
+        g.create_dataset(name, data=op[name])
+    for n, (combo, tensor) in enumerate(op["terms"]):
+        d = g.create_dataset(f"term{n}", data=tensor)
+        d.attrs["channels"] = np.asarray(combo, dtype=np.int64)
 
 
 def read_operator(path: str | os.PathLike) -> dict | None:

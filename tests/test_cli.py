@@ -23,6 +23,10 @@ def test_bad_input_gives_one_line_errors(cli, tmp_path, darcy_file):
         (("validate", tmp_path / "missing.h5"), ("no such file",)),
         (("generate", "darcy", "-n", "2", "--res", "17", "--out", darcy_file), ("--overwrite",)),
         (("solve", "helmholtz", "--param", "k"), ("NAME=NUMBER",)),
+        (("solve", "darcy", "--seed", "-1"), ("'--seed'", "greater than or equal to 0", "piddm solve --help")),
+        (("compare", darcy_file, "--teacher", tmp_path, "--out", tmp_path / "c", "--seeds", "-1"), ("'--seeds'",)),
+        (("teacher", "sample"), ("Missing argument", "piddm teacher sample --help")),
+        (("generate", "darcy", "-n", "two"), ("'-n'", "valid integer")),
     ]
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 50)

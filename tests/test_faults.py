@@ -18,6 +18,7 @@ import torch
 
 from conftest import assert_one_line_error
 from piddm_fem import checkpoint, schema
+from piddm_fem.errors import PiddmError
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.generate import generate, solve_sample
@@ -171,6 +172,50 @@ def test_resume_rechecks_samples_marked_ok(tmp_path, darcy_file):
     counts = generate(get_problem("darcy"), 6, 17, 3, out, resume=True, show_progress=False)
     assert {k: counts[k] for k in ("ok", "failed", "solved_now")} == {"ok": 6, "failed": 0, "solved_now": 3}
     assert np.array_equal(schema.read(out)[1], schema.read(darcy_file)[1])
+
+
+def test_a_whole_file_write_keeps_an_interrupted_generate(tmp_path, darcy_file):
+    """Writing model samples to OUT where `piddm generate` left OUT.partial refuses (the partial
+    holds solved samples) unless told to overwrite; the caller's DatasetInfo is left alone."""
+    out = tmp_path / "s.h5"
+    partial = schema.partial_path(out)
+    shutil.copy(darcy_file, partial)
+    info, fields, _ = schema.read(darcy_file, [0, 1])
+    with pytest.raises(PiddmError, match="holds an interrupted run.*--overwrite"):
+        schema.write(out, info, fields)
+    assert partial.exists() and not out.exists()
+    schema.write(out, info, fields, overwrite=True)
+    assert not partial.exists() and np.array_equal(schema.read(out)[1], fields)
+    assert info.n_samples == 6  # the dataset's count, not the written file's
+
+
+def test_an_interrupted_operator_export_leaves_the_file_as_it_was(tmp_path, darcy_file, monkeypatch):
+    """`piddm export-operator` rewrites the operator of a finished file through a copy: Ctrl-C
+    (here: a KeyboardInterrupt at the third term) leaves the old operator whole and no copy behind."""
+    path = tmp_path / "d.h5"
+    shutil.copy(darcy_file, path)
+    before = schema.read_operator(path)
+    make = h5py.Group.create_dataset
+    calls = []
+
+    def interrupted(self, name, *args, **kwargs):
+        if name == "term2":
+            raise KeyboardInterrupt
+        calls.append(name)
+        return make(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        schema.write_operator(path, {**before, "terms": before["terms"] * 2})
+    monkeypatch.undo()
+    assert "term1" in calls and sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
+    after = schema.read_operator(path)
+    assert len(after["terms"]) == len(before["terms"])
+    for (c0, t0), (c1, t1) in zip(before["terms"], after["terms"]):
+        assert c0 == c1 and np.array_equal(t0, t1)
+    schema.write_operator(path, before)  # and an uninterrupted export completes
+    assert len(schema.read_operator(path)["terms"]) == len(before["terms"])
+    assert np.array_equal(schema.read(path)[1], schema.read(darcy_file)[1])
 
 
 def _corrupt_bytes(path):
