@@ -42,10 +42,10 @@ def compare(ctx: typer.Context,
     if extra:
         raise PiddmError(f"unexpected argument {extra[0]!r}; options are listed by `piddm compare --help`")
     seeds = list(seeds) + [int(a) for a in ctx.args]  # --seeds 0 1 2: the later seeds arrive as extra arguments
-    checks.output_dir(out_dir)
     students = {k: v for k, v in (("PIDDM", student), ("lambda=0", ablation)) if v is not None}
     budget = make_budget(teacher, quick, guidance_steps=guidance_steps, fno_seconds=fno_seconds,
                          n_eval=n_eval, task_problems=task_problems)
+    checks.output_dir(out_dir)
     setup = load_setup(data, teacher, students, budget, device, out_dir)
     doc = run_compare(setup, split_list(methods), list(seeds), split_list(tasks), fem=fem)
     paths = write_compare(out_dir, doc)

@@ -90,6 +90,14 @@ class Budget:
         return ZETA_OBS_2000 * (2000 / self.guidance_steps) ** 0.5
 
 
+# what each setting may be, named as `piddm compare` spells the ones it takes
+BUDGET_RANGES = {"n_eval": ("--n-eval", "[1, inf)"), "task_problems": ("--task-problems", "[1, inf)"),
+                 "guidance_steps": ("--guidance-steps", "[1, inf)"), "fno_seconds": ("--fno-seconds", "(0, inf)"),
+                 "heun_steps": ("heun_steps", "[1, inf)"), "refine_steps": ("refine_steps", "[0, inf)"),
+                 "lambda_infer": ("lambda_infer", "[0, inf)"), "restarts": ("restarts", "[1, inf)"),
+                 "task_steps": ("task_steps", "[0, inf)"), "pidm_steps": ("pidm_steps", "[0, inf)"),
+                 "batch": ("batch", "[1, inf)")}
+
 QUICK = Budget(n_eval=4, task_problems=2, heun_steps=3, guidance_steps=4, refine_steps=2, restarts=2,
                task_steps=3, pidm_steps=2, fno_seconds=1.0, fno_modes=4, fno_width=8)
 
@@ -401,7 +409,9 @@ def make_budget(teacher_dir, quick: bool = False, **overrides) -> Budget:
     seconds = checkpoint.load(teacher_dir, kind="teacher").get("train_seconds")
     if not quick and seconds:
         budget = replace(budget, fno_seconds=float(seconds))
-    return replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+    budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+    checks.check_options(budget, BUDGET_RANGES)
+    return budget
 
 
 def default_methods(students: dict) -> list[str]:

@@ -32,22 +32,27 @@ class PairBank:
         shape = (n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"])
         identity = {"seed": seed, "stream": PAIR_STREAM, "num_steps": num_steps, "teacher_step": int(ckpt["step"]),
                     "problem": ckpt["problem"], "resolution": int(ckpt["resolution"])}
-        if self.path.exists():
-            self.file = h5py.File(self.path, "r+")
-            have = {k: self.file.attrs.get(k) for k in identity}
-            if self.file["eps"].shape != shape or any(have[k] != v for k, v in identity.items()):
-                self.file.close()
-                raise PiddmError(f"{self.path} holds pairs of another teacher, seed or size; "
-                                 "delete it or distil into another --out")
-        else:
+        if not self.path.exists():  # created whole under another name, then renamed
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = h5py.File(self.path, "w")
-            for name in ("eps", "x0"):
-                self.file.create_dataset(name, shape=shape, dtype="f4")
-            self.file.create_dataset("noise_index", data=np.arange(n, dtype=np.int64))
-            self.file.create_dataset("done", shape=(n,), dtype=bool)
-            self.file.attrs.update(identity)
-            self.file.attrs.update({"generation_seconds": 0.0, "next_index": n, "nfe": 0})
+            tmp = self.path.with_name(self.path.name + ".partial")
+            with h5py.File(tmp, "w") as f:
+                for name in ("eps", "x0"):
+                    f.create_dataset(name, shape=shape, dtype="f4")
+                f.create_dataset("noise_index", data=np.arange(n, dtype=np.int64))
+                f.create_dataset("done", shape=(n,), dtype=bool)
+                f.attrs.update(identity)
+                f.attrs.update({"generation_seconds": 0.0, "next_index": n, "nfe": 0})
+            tmp.replace(self.path)
+        try:
+            self.file = h5py.File(self.path, "r+")
+        except OSError as exc:
+            raise PiddmError(f"{self.path} is not a readable pair bank ({exc}); delete it to generate "
+                             "the pairs again") from None
+        have = {k: self.file.attrs.get(k) for k in identity}
+        if self.file["eps"].shape != shape or any(have[k] != v for k, v in identity.items()):
+            self.file.close()
+            raise PiddmError(f"{self.path} holds pairs of another teacher, seed or size; "
+                             "delete it or distil into another --out")
         self.eps = torch.from_numpy(self.file["eps"][:])
         self.x0 = torch.from_numpy(self.file["x0"][:])
 

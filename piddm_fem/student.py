@@ -139,15 +139,10 @@ class Distiller:
             self.history = list(prev.get("history", []))
             self.train_seconds = float(prev.get("distill_seconds", 0.0))
         self._run_start = time.perf_counter()  # distillation seconds, pairs excluded, are recorded
-        bank_args = (self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt, self.cfg.pairs,
-                     self.cfg.seed, self.cfg.teacher_steps)
-        try:  # a bank of the same teacher, seed and size is reused (e.g. copied from another run)
-            self.bank = PairBank(*bank_args)
-        except PiddmError:
-            if resume:
-                raise
-            (self.out_dir / PAIRS_FILE).unlink()
-            self.bank = PairBank(*bank_args)
+        # a bank of the same teacher, seed and size is reused (e.g. copied from another run); one of
+        # another is the user's to delete
+        self.bank = PairBank(self.out_dir / PAIRS_FILE, self.teacher, self.teacher_ckpt, self.cfg.pairs,
+                             self.cfg.seed, self.cfg.teacher_steps)
 
     def _operator(self, data_path) -> ResidualOperator:
         """The dataset's residual operator (``schema.check_dataset`` has matched it to the data's

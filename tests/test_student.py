@@ -1,5 +1,7 @@
 """PIDDM distillation, refinement and tasks on a tiny teacher (torch only, plus the fixture data)."""
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from piddm_fem import pairs as pairs_module
 from piddm_fem import checkpoint, fem_solve, schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.pairs import PairBank
-from piddm_fem.student import Distiller, load_student, student_noise
+from piddm_fem.student import Distiller, distill, load_student, student_noise
 from piddm_fem.tasks import TASK_LAMBDA, infer_masked, observation_mask, optimize_latent, refine
 from piddm_fem.teacher import load_teacher
 
@@ -111,7 +113,7 @@ def test_forward_task_dual_penalty_pulls_u_towards_the_solution(tiny_student, da
         u_error(norm="h1")
 
 
-def test_pair_bank_resumes_after_interruption(tiny_teacher, tmp_path, monkeypatch):
+def test_pair_bank_resumes_after_interruption(tiny_teacher, darcy_file, tmp_path, monkeypatch):
     net, ckpt = load_teacher(tiny_teacher)
     real, calls = pairs_module.teacher_pairs, {"n": 0}
 
@@ -140,6 +142,17 @@ def test_pair_bank_resumes_after_interruption(tiny_teacher, tmp_path, monkeypatc
         del f.attrs["stream"]
     with pytest.raises(PiddmError, match="another teacher, seed or size"):
         PairBank(tmp_path / "p.h5", net, ckpt, 8, 0, 2)
+    # a distillation into a folder that holds another bank refuses and leaves that bank alone
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tmp_path / "p.h5", run / "pairs.h5")
+    with pytest.raises(PiddmError, match="another teacher, seed or size.*delete it"):
+        distill(tiny_teacher, darcy_file, run, 1, device="cpu", progress=False, pairs=8, teacher_steps=2)
+    with h5py.File(run / "pairs.h5") as f:
+        assert f["done"][:].all() and "stream" not in f.attrs
+    (run / "pairs.h5").write_bytes(b"not hdf5" * 100)
+    with pytest.raises(PiddmError, match="not a readable pair bank.*delete it"):
+        PairBank(run / "pairs.h5", net, ckpt, 8, 0, 2)
 
 
 def test_student_is_never_sampled_from_its_training_noise(tiny_student):
