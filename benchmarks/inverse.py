@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from piddm_fem import schema
+from piddm_fem.interrupt import write_atomic
 from piddm_fem.solvers.inverse import MAXITER, METHODS, alpha_for, invert, iterations_to_reach
 from piddm_fem.solvers.surrogate import Surrogate
 from piddm_fem.teacher import dataset_splits, load_teacher
@@ -115,7 +116,7 @@ def main() -> None:
               f"noise {args.noise}, alpha {alpha:g}, seeds {args.seeds}: mean +- std over seeds of the medians")
     table = report(runs, args.methods, header)
     if args.json:
-        args.json.write_text(json.dumps({"problem": surrogate.problem.name, "S": surrogate.S, "points": points,
+        write_atomic(args.json, json.dumps({"problem": surrogate.problem.name, "S": surrogate.S, "points": points,
                                          "noise": args.noise, "alpha": alpha, "calibration": scores,
                                          "test_indices": test.tolist(), "header": header,
                                          "settings": vars(args) | {k: str(getattr(args, k)) for k in

@@ -32,6 +32,7 @@ from piddm_fem import checkpoint, schema
 from piddm_fem.data import Normalizer
 from piddm_fem.dual_norm import PHYSICS_NORMS, PhysicsPenalty
 from piddm_fem.figures import plot_lines
+from piddm_fem.interrupt import write_atomic
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.student import load_student, sample_student
 
@@ -140,7 +141,7 @@ def main() -> None:
     plot_lines([("residual power", {n: (k, s[1:]) for n, s in spectra.items() if n != "data"})],
                out / "spectrum.png", xlabel="wavenumber |k|", logx=True,
                title="radially averaged spectrum of the scaled residual")
-    (out / "diagnosis.json").write_text(json.dumps(report, indent=1))
+    write_atomic(out / "diagnosis.json", json.dumps(report, indent=1))
     print(json.dumps({n: {k: v for k, v in r.items() if k != "history"} for n, r in report["sets"].items()}, indent=1))
 
 

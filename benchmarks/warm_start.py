@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from piddm_fem.interrupt import write_atomic
 from piddm_fem.metrics import summarize
 from piddm_fem.solvers.generate import sample_rng
 from piddm_fem.solvers.surrogate import Surrogate
@@ -107,7 +108,7 @@ def main() -> None:
         print(f"Surrogate.sample {s['problem']} S={s['S']}: {1e3 * s['sample_seconds_per_field']:.2f} ms/field "
               f"(batch 64) vs FEM solve {1e3 * s['fem_seconds_per_solve']:.2f} ms: {s['speedup']:.1f}x")
     if args.json:
-        args.json.write_text(json.dumps({"warm_start": rows, "sampling": speed}, indent=1))
+        write_atomic(args.json, json.dumps({"warm_start": rows, "sampling": speed}, indent=1))
 
 
 if __name__ == "__main__":

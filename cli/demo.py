@@ -15,6 +15,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from piddm_fem.interrupt import write_atomic
+
 out = Console(soft_wrap=True)
 
 # The embedded default: the first registered problem (solvers/__init__.py: Darcy flow) at S = 33.
@@ -56,7 +58,7 @@ def demo(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output di
         t0 = time.perf_counter()
         fn()
         timings[name] = time.perf_counter() - t0
-        timings_path.write_text(json.dumps(timings, indent=1))
+        write_atomic(timings_path, json.dumps(timings, indent=1))
 
     data = out_dir / "data.h5"
     teacher_dir, student_dir = out_dir / "teacher", out_dir / "student"
@@ -92,7 +94,7 @@ def _teacher(cfg, data, teacher_dir, device):
                           val_every=max(1, cfg["teacher_steps"] // 6))
     if stats["interrupted"]:
         raise KeyboardInterrupt
-    (teacher_dir / "done").write_text(json.dumps(stats))
+    write_atomic(teacher_dir / "done", json.dumps(stats))
 
 
 def _distill(cfg, data, teacher_dir, student_dir, device):

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +22,7 @@ from rich.table import Table
 from piddm_fem import checks
 from piddm_fem.cli import MPI_RANK
 from piddm_fem.errors import PiddmError
+from piddm_fem.interrupt import write_atomic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Physics-informed distillation of diffusion models on Firedrake weak forms.")
@@ -48,7 +48,6 @@ def parse_params(items: list[str]) -> dict:
 ParamOption = typer.Option(None, "--param", help="Problem parameter NAME=VALUE (repeatable).")
 ForceOption = typer.Option(False, "--force", help="Run even where the memory estimate exceeds what is free.")
 INTERRUPTED = "interrupted: finished work was saved; rerun with --resume to continue"
-DISAGREE = 1e-8  # torch vs FEM scaled residual, RMS relative to the load RMS (round-off: ~3e-14)
 
 
 @app.command()
@@ -140,58 +139,34 @@ def validate(file: Path = typer.Argument(..., help="Any file in the dataset sche
                  None, help="Exit 1 when a sample's relative residual exceeds this."),
              show: int = typer.Option(20, help="Rows of the per-sample table to print.")):
     """Assembled FEM residual (and the torch operator's) of every sample in a file."""
-    import torch
-
-    from piddm_fem.residual import ResidualOperator
-    from piddm_fem.solvers.validate import fem_residuals, load_for_validation
+    from piddm_fem.solvers.validate import validate_file
 
     if max_residual is not None:
         checks.check_range("--max-residual", max_residual, "[0, inf)")
     checks.check_range("--show", show, "[0, inf)")
     if json_out:
         checks.output_file(json_out)
-    info, fields, status, disc, op = load_for_validation(file)
-    fem, fem_scaled = fem_residuals(disc, fields, status)
-    operator = ResidualOperator(op)
-    ok = np.flatnonzero(np.isfinite(fem))
-    fast, mismatch = np.full_like(fem, np.nan), np.zeros_like(fem)
-    if ok.size:
-        with torch.no_grad():
-            x = torch.from_numpy(fields[ok])
-            fast[ok] = operator.relative(x).numpy()
-            diff = operator.scaled(x).flatten(1).numpy() - fem_scaled[ok]
-            load = operator.load(x).flatten(1).square().mean(1).sqrt().numpy()
-            mismatch[ok] = np.sqrt(np.mean(diff**2, axis=1)) / np.where(load > 0, load, 1.0)
-    disagree = ok[mismatch[ok] > DISAGREE]
-    table = Table(title=f"{file}: {info.problem} S={info.resolution} ({info.source})")
+    report = validate_file(file, max_residual)
+    summary = report["summary"]
+    table = Table(title=f"{file}: {report['problem']} S={report['resolution']} ({report['source']})")
     for col in ("sample", "status", "fem_residual", "torch_residual"):
         table.add_column(col, justify="right")
-    for n in range(min(show, fields.shape[0])):
-        table.add_row(str(n), {1: "ok", 2: "failed", 0: "pending"}[int(status[n])],
-                      f"{fem[n]:.3e}", f"{fast[n]:.3e}")
+    for row in report["samples"][:show]:
+        table.add_row(str(row["index"]), row["status_name"],
+                      *(f"{float('nan') if v is None else v:.3e}" for v in (row["fem_residual"], row["torch_residual"])))
     out.print(table)
-    median = float(np.median(fem[ok])) if ok.size else float("nan")
-    worst = float(np.max(fem[ok])) if ok.size else float("nan")
-    passed = ok.size > 0 and (max_residual is None or worst <= max_residual)
-    out.print(f"{ok.size} ok of {fields.shape[0]} samples; relative residual median {median:.3e}, "
-              f"max {worst:.3e}" + ("" if max_residual is None else f" (tolerance {max_residual:g})"))
-    if disagree.size:
-        console.print(f"[yellow]warning: torch and FEM residuals disagree on {disagree.size} samples "
-                      f"(first: {int(disagree[0])})")
+    out.print(f"{summary['n_ok']} ok of {summary['n_samples']} samples; relative residual median "
+              f"{summary['median']:.3e}, max {summary['max']:.3e}"
+              + ("" if max_residual is None else f" (tolerance {max_residual:g})"))
+    if summary["n_disagree"]:
+        console.print(f"[yellow]warning: torch and FEM residuals disagree on {summary['n_disagree']} samples "
+                      f"(first: {summary['disagree'][0]})")
     if json_out:
-        report = {"file": str(file), "problem": info.problem, "resolution": info.resolution,
-                  "source": info.source, "max_residual": max_residual, "passed": bool(passed),
-                  "summary": {"median": median, "max": worst, "n_ok": int(ok.size),
-                              "n_samples": int(fields.shape[0]), "n_disagree": int(disagree.size)},
-                  "samples": [{"index": int(n), "status": int(status[n]),
-                               "fem_residual": None if np.isnan(fem[n]) else float(fem[n]),
-                               "torch_residual": None if np.isnan(fast[n]) else float(fast[n])}
-                              for n in range(fields.shape[0])]}
-        json_out.write_text(json.dumps(report, indent=1))
-    if not ok.size:
+        write_atomic(json_out, json.dumps(report, indent=1))
+    if not summary["n_ok"]:
         raise PiddmError(f"{file}: no sample has status ok; nothing to validate")
-    if not passed:
-        console.print(f"[red]residual {worst:.3e} exceeds tolerance {max_residual:g}")
+    if not report["passed"]:
+        console.print(f"[red]residual {summary['max']:.3e} exceeds tolerance {max_residual:g}")
         raise typer.Exit(1)
 
 

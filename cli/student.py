@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from piddm_fem.errors import PiddmError
+from piddm_fem.interrupt import write_atomic
 
 out = Console(soft_wrap=True)
 
@@ -162,9 +163,7 @@ def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics,
                   "alpha": result["alpha"], "points": int(result["mask"][0].sum()),
                   "methods": {k: {"problems": v["problems"], "summary": v["summary"]}
                               for k, v in result["methods"].items()}}
-        tmp = json_out.with_name(json_out.name + ".partial")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(json_out)
+        write_atomic(json_out, json.dumps(report, indent=1))
     for name, method in result["methods"].items():
         s = method["summary"]
         out.print(f"{name}: error rate of a {s['error_rate_a']['median']:.3f}, rel. L2 of a "

@@ -35,6 +35,7 @@ from piddm_fem.dual_norm import PhysicsPenalty
 from piddm_fem.edm import SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
 from piddm_fem.fem_solve import LinearFEMSolve
+from piddm_fem.interrupt import write_atomic
 from piddm_fem.pairs import PairBank
 from piddm_fem.progress import progress_bar
 from piddm_fem.residual import ResidualOperator
@@ -311,7 +312,7 @@ def distill_late_physics(teacher_dir, data_path, out_dir, steps: int, lambda_tra
                     resume=(out_dir / "last.pt").exists(), **settings, **late_physics(steps, lambda_train))
     if stats["interrupted"]:
         raise KeyboardInterrupt
-    (out_dir / "done").write_text(json.dumps(stats))
+    write_atomic(out_dir / "done", json.dumps(stats))
     return stats
 
 

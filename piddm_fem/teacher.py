@@ -192,11 +192,13 @@ class TeacherTrainer:
             self.net_cfg = replace(preset(self.cfg.size, len(self.info.channels), padding),
                                    embedding=self.cfg.embedding)
 
-        torch.manual_seed(self.cfg.seed)
         self.loss_fn = loss_fn or EDMLoss()
         self.bf16 = device.type == "cuda"  # autocast of the training and validation steps
         layout = memory_format(self.cfg.channels_last, device, bf16=self.bf16)
-        self.net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA).to(device, memory_format=layout)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone; the
+            torch.manual_seed(self.cfg.seed)     # caller's random state is left as it was
+            net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA)
+        self.net = net.to(device, memory_format=layout)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         fused = self.cfg.fused if self.cfg.fused is not None else device.type == "cuda"
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,

@@ -69,9 +69,9 @@ def test_validate_reports_both_residuals_and_flags_perturbed_fields(cli, tmp_pat
     code, out, _ = cli("validate", darcy_file, "--json", report, "--max-residual", "1e-10")
     assert code == 0, out
     data = json.loads(report.read_text())
-    assert data["passed"] and data["summary"]["n_ok"] == 6
+    assert data["passed"] and data["summary"]["n_ok"] == 6 and data["summary"]["disagree"] == []
     for row in data["samples"]:
-        assert row["fem_residual"] <= 1e-10
+        assert row["status_name"] == "ok" and row["fem_residual"] <= 1e-10
         assert row["torch_residual"] == pytest.approx(row["fem_residual"], rel=1e-3, abs=1e-13)
     info, fields, _ = schema.read(darcy_file)
     fields[:, 1] *= 1.0 + 0.01 * np.random.default_rng(0).standard_normal(fields[:, 1].shape)

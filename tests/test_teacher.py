@@ -141,6 +141,20 @@ def test_resume_continues_the_same_run(data, tmp_path):
         torch.testing.assert_close(a["ema"][name], b["ema"][name], rtol=1e-5, atol=1e-6)
 
 
+def test_a_trainer_seeds_its_weights_without_reseeding_its_caller(data, tmp_path):
+    """The initial weights depend on the run's seed alone, and building a trainer (as PIDM does
+    inside `piddm compare`) leaves the caller's global random stream where it was."""
+    draws, weights = [], []
+    for outer in (1, 2):
+        torch.manual_seed(outer)
+        trainer = TeacherTrainer(data, tmp_path / str(outer), dict(FAST, val_every=100), torch.device("cpu"))
+        draws.append(torch.rand(4))
+        weights.append(torch.cat([p.detach().flatten() for p in trainer.net.parameters()]))
+        torch.manual_seed(outer)
+        assert torch.equal(draws[-1], torch.rand(4))
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(draws[0], draws[1])
+
+
 def test_ctrl_c_saves_last_and_resumes(data, tmp_path, monkeypatch):
     trainer = TeacherTrainer(data, tmp_path, dict(FAST, val_every=100), torch.device("cpu"))
     step = trainer.train_step
