@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from piddm_fem.edm import EDMPrecond, heun_sample, noise_for_indices
+from piddm_fem.edm import SIGMA_MAX, EDMPrecond, heun_sample, noise_for_indices
 from piddm_fem.teacher import load_teacher, memory_format
 from piddm_fem.unet import UNet, preset
 
@@ -86,7 +86,7 @@ def main() -> None:
         sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():  # the one-step student: the same network, evaluated once at sigma_max
-            net(eps * 80.0, 80.0)
+            net(eps * SIGMA_MAX, SIGMA_MAX)
         sync(device)
         one_step = time.perf_counter() - t0
         print(f"{'1-step student':>15} {one_step / args.batch * 1e3:>10.2f} ms/sample")

@@ -50,7 +50,8 @@ def cannot(method: str, task: str, can: tuple) -> PiddmError:
                       "or choose a task it does")
 
 
-ZETA_OBS_2000 = 5.0  # DiffusionPDE's Darcy observation weight at its 2000 Heun steps
+GUIDED_STEPS = 2000  # DiffusionPDE's Heun steps
+ZETA_OBS_2000 = 5.0  # DiffusionPDE's Darcy observation weight at its GUIDED_STEPS
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Budget:
         pull) as the only one better than 0 on every task (docs/baselines.md)."""
         if self.zeta_obs is not None:
             return self.zeta_obs
-        return ZETA_OBS_2000 * (2000 / self.guidance_steps) ** 0.5
+        return ZETA_OBS_2000 * (GUIDED_STEPS / self.guidance_steps) ** 0.5
 
 
 # what each setting may be, named as `piddm compare` spells the ones it takes
@@ -188,7 +189,7 @@ def field_metrics(info, operator, fields, reference=None, fem: bool = False) -> 
         row["mmse"] = dict(zip(channels, mmse.tolist()))
         row["smse"] = dict(zip(channels, smse.tolist()))
     for name, threshold in info.meta["thresholds"].items():
-        row[f"fraction_{name}_above"] = float((np.asarray(fields)[:, channels.index(name)] > threshold).mean())
+        row[f"fraction_{name}_above"] = metrics.high_fraction(fields, channels.index(name), threshold)
     return row
 
 

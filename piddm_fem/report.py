@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from piddm_fem.evaluation import GUIDED_STEPS
 from piddm_fem.figures import plot_lines, plot_panels
 from piddm_fem.interrupt import write_atomic
 
@@ -122,7 +123,7 @@ def tradeoff_figure(docs: list[dict], path, title: str) -> Path:
 
 
 PIDDM_ROWS = ("PIDDM-1", "PIDDM-ref", "lambda=0")
-GUIDED_NFE = 2 * 2000 - 1  # DiffusionPDE's default of 2000 Heun steps
+GUIDED_NFE = 2 * GUIDED_STEPS - 1  # DiffusionPDE's default sampler
 
 
 def claims(doc: dict) -> list[str]:

@@ -36,7 +36,10 @@ class PIDMLoss:
         return loss + self.lam * physics.to(loss.dtype).reshape(-1, 1, 1, 1)
 
 
-def finetune(setup, out_dir, steps: int, lam: float, lr: float = 2e-4, ema_decay: float = 0.99,
+FINETUNE_LR = 2e-4
+
+
+def finetune(setup, out_dir, steps: int, lam: float, lr: float = FINETUNE_LR, ema_decay: float = 0.99,
              progress: bool = False) -> dict:
     """Fine-tune the teacher ``steps`` more steps with the PIDM loss into ``out_dir`` (AdamW at
     ``lr`` without warm-up; an EMA short enough to follow the fine-tuning)."""
@@ -74,7 +77,7 @@ class PIDM(BaseMethod):
         net, _ = load_teacher(out_dir / checkpoint.LAST, setup.device)
         self.sampler = Teacher(name, setup, net=net)
         self.nfe = self.sampler.nfe
-        self.settings = {"finetune_steps": b.pidm_steps, "lambda": b.pidm_lambda, "lr": 2e-4,
+        self.settings = {"finetune_steps": b.pidm_steps, "lambda": b.pidm_lambda, "lr": FINETUNE_LR,
                          "heun_steps": b.heun_steps}
 
     def sample(self, n: int, seed: int) -> np.ndarray:
