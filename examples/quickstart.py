@@ -1,7 +1,7 @@
 """The whole pipeline from Python, no CLI: generate -> teacher -> student -> sample -> validate.
 
     python examples/quickstart.py --quick            # tiny settings, well under a minute
-    python examples/quickstart.py --out runs/darcy   # the demo's settings (about 10 min on 2 cores)
+    python examples/quickstart.py --out runs/darcy   # the demo's settings (about 8 min on 2 cores)
 
 Every stage skips what is already in --out, so a run can be interrupted and started again. The
 other examples import ``train_pipeline`` from here for their ``--quick`` students.
@@ -15,33 +15,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one th
 
 import numpy as np
 
+from piddm_fem.checkpoint import DONE
+from piddm_fem.recipe import DEMO, QUICK, distill_stage, generate_data, train_teacher_stage
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
-from piddm_fem.solvers.generate import generate
-from piddm_fem.student import distill
-from piddm_fem.teacher import train_teacher
-
-# Dataset size, grid, and training lengths: the demo's defaults, and a seconds-long smoke run.
-FULL = {"n_samples": 1000, "res": 33, "teacher_steps": 1000, "batch": 32, "pairs": 256,
-        "heun_steps": 18, "distill_steps": 250}
-QUICK = {"n_samples": 40, "res": 17, "teacher_steps": 20, "batch": 8, "pairs": 16, "heun_steps": 4,
-         "distill_steps": 10}
 
 
-def train_pipeline(problem: str, out: Path, settings: dict) -> Path:
-    """Dataset, teacher and student for ``problem`` under ``out``; returns the student directory."""
+def train_pipeline(problem: str, out: Path, cfg: dict) -> Path:
+    """Dataset, teacher and student for ``problem`` under ``out`` on the demo's recipe ``cfg``
+    (piddm_fem.recipe: DEMO or QUICK); returns the student directory."""
     out.mkdir(parents=True, exist_ok=True)
     data, teacher, student = out / "data.h5", out / "teacher", out / "student"
     if not data.exists():  # 1. Firedrake solves seeded coefficient draws; the file holds the operator
-        generate(get_problem(problem), settings["n_samples"], settings["res"], seed=0, out=data,
-                 show_progress=False)
-    if not (teacher / "best.pt").exists():  # 2. an EDM diffusion teacher of the joint field (a, u)
-        train_teacher(data, teacher, steps=settings["teacher_steps"], batch=settings["batch"], size="tiny", device="cpu",
-                      progress=False, val_every=max(1, settings["teacher_steps"] // 4))
-    if not (student / "best.pt").exists():  # 3. a one-step student with the weak-form residual penalty
-        distill(teacher, data, student, steps=settings["distill_steps"], device="cpu", progress=False,
-                lambda_train=1e-2, pairs=settings["pairs"], teacher_steps=settings["heun_steps"],
-                val_every=max(1, settings["distill_steps"] // 4))
+        generate_data(cfg, problem, data, progress=False)
+    if not (teacher / DONE).exists():  # 2. an EDM diffusion teacher of the joint field (a, u)
+        train_teacher_stage(cfg, data, teacher, "cpu", progress=False)
+    if not (student / DONE).exists():  # 3. a one-step student, the weak-form residual penalty late
+        distill_stage(cfg, data, teacher, student, "cpu", progress=False)
     return student
 
 
@@ -68,7 +58,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny data and models (seconds)")
     args = parser.parse_args()
 
-    student = train_pipeline(args.problem, args.out, QUICK if args.quick else FULL)
+    student = train_pipeline(args.problem, args.out, QUICK if args.quick else DEMO)
 
     # 4. sample: one network call per field, then 20 steps of residual refinement (PIDDM-ref)
     from piddm_fem.student import sample_student

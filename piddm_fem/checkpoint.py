@@ -20,6 +20,7 @@ from piddm_fem import __version__, schema
 from piddm_fem.errors import PiddmError
 
 LAST, BEST = "last.pt", "best.pt"
+DONE = "done"  # beside them when a training stage has finished: its stats (JSON)
 REQUIRED = ("kind", "problem", "resolution", "channels", "normalization", "config", "ema", "step")
 
 

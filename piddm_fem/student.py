@@ -309,10 +309,10 @@ def distill_late_physics(teacher_dir, data_path, out_dir, steps: int, lambda_tra
     run raises KeyboardInterrupt (its state is saved), a finished one writes its stats to OUT/done."""
     out_dir = Path(out_dir)
     stats = distill(teacher_dir, data_path, out_dir, steps, device=device,
-                    resume=(out_dir / "last.pt").exists(), **settings, **late_physics(steps, lambda_train))
+                    resume=(out_dir / checkpoint.LAST).exists(), **settings, **late_physics(steps, lambda_train))
     if stats["interrupted"]:
         raise KeyboardInterrupt
-    write_atomic(out_dir / "done", json.dumps(stats))
+    write_atomic(out_dir / checkpoint.DONE, json.dumps(stats))
     return stats
 
 
