@@ -159,13 +159,15 @@ def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics,
         schema.write(out_path, info, final["fields"], overwrite=overwrite,
                      extra={"mask": result["mask"], "truth": truth, "observed": result["observed"]})
     if json_out is not None:
-        report = {"student_problem": ckpt["problem"], "indices": list(index), "seed": seed, "noise": noise,
+        report = {"student_problem": ckpt["problem"], "coefficient": result["coefficient"],
+                  "indices": list(index), "seed": seed, "noise": noise,
                   "alpha": result["alpha"], "points": int(result["mask"][0].sum()),
                   "methods": {k: {"problems": v["problems"], "summary": v["summary"]}
                               for k, v in result["methods"].items()}}
         write_atomic(json_out, json.dumps(report, indent=1))
+    c = result["coefficient"]
     for name, method in result["methods"].items():
         s = method["summary"]
-        out.print(f"{name}: error rate of a {s['error_rate_a']['median']:.3f}, rel. L2 of a "
-                  f"{s['rel_l2_a']['median']:.3f}, misfit {s['misfit']['median']:.2e}, "
+        out.print(f"{name}: error rate of {c} {s[f'error_rate_{c}']['median']:.3f}, rel. L2 of {c} "
+                  f"{s[f'rel_l2_{c}']['median']:.3f}, misfit {s['misfit']['median']:.2e}, "
                   f"{s['iterations']['median']:.0f} iterations, {s['seconds']['median']:.2f} s/problem (medians)")

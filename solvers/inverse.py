@@ -175,7 +175,9 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
     "observed", "alpha", "noise", "methods": {name: {"a" [N, S, S], "fields" [N, C, S, S]
     (recovered coefficient and its FEM solution), "history" (adjoint runs: the relative RMS misfit
     after every L-BFGS iteration, per problem),
-    "problems": [{error_rate_a, rel_l2_a, misfit, iterations, seconds}], "summary"}}}."""
+    "problems": [{error_rate_<c>, rel_l2_<c>, misfit, iterations, seconds}], "summary"}}, "coefficient":
+    c, the recovered coefficient's channel name}; the error rate splits at the problem's threshold
+    for c (``Problem.thresholds``), else between its two values."""
     from piddm_fem import metrics
     from piddm_fem.solvers.discrete import DiscreteProblem
 
@@ -215,7 +217,8 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
         return np.stack(a), np.array(its), np.array(secs)
 
     histories: dict = {}
-    out = {"mask": mask, "observed": observed, "methods": {}, "alpha": alpha, "noise": noise}
+    out = {"mask": mask, "observed": observed, "methods": {}, "alpha": alpha, "noise": noise, "coefficient": name}
+    threshold = problem.thresholds().get(name, (low + high) / 2)
     for key in methods:
         base, _, then = key.partition("+")
         if base == "adjoint":
@@ -236,8 +239,8 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
             x[n] = fields
             d, got = observed[n, u][mask[n, u]], fields[u][mask[n, u]]
             misfit[n] = np.sqrt(np.mean((got - d) ** 2)) / np.sqrt(np.mean(d**2))
-        errors = {"error_rate_a": metrics.binary_error_rate(x, truth, c, threshold=(low + high) / 2),
-                  "rel_l2_a": metrics.relative_l2(x, truth, c), "misfit": misfit,
+        errors = {f"error_rate_{name}": metrics.binary_error_rate(x, truth, c, threshold=threshold),
+                  f"rel_l2_{name}": metrics.relative_l2(x, truth, c), "misfit": misfit,
                   "iterations": its.astype(float), "seconds": secs}
         out["methods"][key] = {
             "a": a, "fields": x, "history": histories.get(key),

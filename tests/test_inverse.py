@@ -109,7 +109,8 @@ def test_every_method_through_the_cli(cli, tiny_student, darcy_file, tmp_path):
                          "--device", "cpu")
     assert code == 0, err
     data = json.loads(report.read_text())
-    assert set(data["methods"]) == {"fem", "fem+adjoint"}
+    assert set(data["methods"]) == {"fem", "fem+adjoint"} and data["coefficient"] == "a"
+    assert "error rate of a" in out
     for method in data["methods"].values():
         assert len(method["problems"]) == 2
         for key in ("error_rate_a", "rel_l2_a", "misfit", "iterations", "seconds"):
