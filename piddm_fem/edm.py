@@ -15,6 +15,7 @@ from torch import nn
 
 SIGMA_DATA = 1.0
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+HEUN_STEPS = 18  # EDM's N_s: 2 N_s - 1 = 35 network evaluations
 
 
 class EDMPrecond(nn.Module):
@@ -94,7 +95,7 @@ def noise_for_indices(seed: int, indices, shape, device="cpu", dtype=torch.float
     return RowNoise(seed, indices, stream).draw(shape, device, dtype)
 
 
-def sigma_steps(num_steps: int = 18, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+def sigma_steps(num_steps: int = HEUN_STEPS, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
                 rho: float = RHO) -> torch.Tensor:
     """The N + 1 noise levels of EDM's schedule (float64), sigma_max first and 0 last."""
     i = torch.arange(num_steps, dtype=torch.float64)
@@ -104,7 +105,7 @@ def sigma_steps(num_steps: int = 18, sigma_min: float = SIGMA_MIN, sigma_max: fl
 
 
 @torch.no_grad()
-def heun_sample(net, eps: torch.Tensor, num_steps: int = 18, sigma_min: float = SIGMA_MIN,
+def heun_sample(net, eps: torch.Tensor, num_steps: int = HEUN_STEPS, sigma_min: float = SIGMA_MIN,
                 sigma_max: float = SIGMA_MAX, rho: float = RHO) -> tuple[torch.Tensor, int]:
     """Deterministic Heun integration of the probability-flow ODE (EDM Algorithm 1, S_churn = 0).
 

@@ -29,7 +29,8 @@ from piddm_fem import checkpoint, checks, metrics, schema
 from piddm_fem.dual_norm import norm_for
 from piddm_fem.errors import PiddmError
 from piddm_fem.interrupt import write_atomic
-from piddm_fem.tasks import observation_mask, task_errors, task_weight
+from piddm_fem.edm import HEUN_STEPS
+from piddm_fem.tasks import LAMBDA_INFER, RESTARTS, observation_mask, task_errors, task_weight
 
 
 class Method(Protocol):
@@ -61,14 +62,14 @@ class Budget:
 
     n_eval: int = 64            # unconditional samples per method and seed
     task_problems: int = 8      # test problems per task and seed
-    heun_steps: int = 18        # N_s of the teacher (and of PIDM, ECI, the guided samplers' default)
+    heun_steps: int = HEUN_STEPS  # N_s of the teacher (and of PIDM, ECI, the guided samplers' default)
     guidance_steps: int = 200   # Heun steps of DiffusionPDE / DPS guidance (their default 2000)
     zeta_obs: float | None = None  # DiffusionPDE's observation weight (None: ``observation_weight``'s rule)
     zeta_pde: float = 1.0       # weight of the relative residual of E[x0|xt] (docs/baselines.md)
     pde_from: float = 0.8       # guidance adds the PDE term after this fraction of the steps
     refine_steps: int = 40      # PIDDM-ref
-    lambda_infer: float = 1e-2
-    restarts: int = 4           # PIDDM task ensembles
+    lambda_infer: float = LAMBDA_INFER
+    restarts: int = RESTARTS    # PIDDM task ensembles
     task_steps: int = 100       # PIDDM-ref / lambda=0 task steps and direct optimisation steps
     task_norm: str | None = None      # physics penalty of the optimisation methods on the tasks (None: natural)
     task_lambda: float | None = None  # its weight (None: the norm's default, tasks.TASK_LAMBDA)

@@ -14,15 +14,17 @@ from pathlib import Path
 from rich.console import Console
 
 from piddm_fem.checkpoint import DONE, LAST
+from piddm_fem.edm import HEUN_STEPS
 from piddm_fem.interrupt import write_atomic
+from piddm_fem.tasks import LAMBDA_INFER, RESTARTS
 
 # The embedded default: the first registered problem (solvers/__init__.py: Darcy flow) at S = 33.
 DEMO = {"res": 33, "n_samples": 1000, "seed": 0,
         "teacher_steps": 1000, "teacher_size": "tiny", "teacher_batch": 32,
-        "heun_steps": 18, "pairs": 256, "distill_steps": 1000, "lambda_train": 2e-2,
+        "heun_steps": HEUN_STEPS, "pairs": 256, "distill_steps": 1000, "lambda_train": 2e-2,
         "distill_lr": 1.5e-3, "ema_decay": 0.999,
-        "n_eval": 64, "refine_steps": 40, "lambda_infer": 1e-2,
-        "task_problems": 8, "restarts": 4, "task_steps": 100,
+        "n_eval": 64, "refine_steps": 40, "lambda_infer": LAMBDA_INFER,
+        "task_problems": 8, "restarts": RESTARTS, "task_steps": 100,
         "guidance_steps": 50, "fno_seconds": 60.0}
 DEMO_BUDGET = ("n_eval", "heun_steps", "refine_steps", "lambda_infer", "task_problems", "restarts",
                "task_steps", "guidance_steps", "fno_seconds")  # the evaluation settings above (piddm_fem.evaluation.Budget)

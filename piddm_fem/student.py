@@ -32,13 +32,14 @@ from torch import nn
 from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import Normalizer
 from piddm_fem.dual_norm import PhysicsPenalty
-from piddm_fem.edm import SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
+from piddm_fem.edm import HEUN_STEPS, SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
 from piddm_fem.fem_solve import LinearFEMSolve
 from piddm_fem.interrupt import write_atomic
 from piddm_fem.pairs import PairBank
 from piddm_fem.progress import progress_bar
 from piddm_fem.residual import ResidualOperator
+from piddm_fem.tasks import LAMBDA_INFER
 from piddm_fem.teacher import (LOG_EVERY, build_network, load_teacher, memory_format, resolve_device, teacher_pairs,
                                update_ema)
 
@@ -59,7 +60,7 @@ class DistillConfig:
     lambda_train: float = 1e-2
     ramp_steps: int = 0
     pairs: int = 1024
-    teacher_steps: int = 18
+    teacher_steps: int = HEUN_STEPS
     refresh: int = 250          # refresh part of the bank every this many steps (0: never)
     refresh_fraction: float = 0.1
     batch: int = 32
@@ -344,7 +345,7 @@ def student_noise(ckpt: dict, seed: int, indices, device="cpu") -> torch.Tensor:
     return noise_for_indices(seed, indices, shape, device=device)
 
 
-def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, lambda_infer: float = 1e-2,
+def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, lambda_infer: float = LAMBDA_INFER,
                    out_path=None, device: str = "auto", batch: int = 64, overwrite: bool = False) -> dict:
     """`piddm sample`: ``sample_fields`` of the student in ``student_dir``, written in the
     dataset schema when ``out_path`` is given."""
@@ -361,7 +362,7 @@ def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, la
 
 
 def sample_fields(student, ckpt: dict, normalizer, operator, n: int, seed: int = 0, refine_steps: int = 0,
-                  lambda_infer: float = 1e-2, batch: int = 64) -> dict:
+                  lambda_infer: float = LAMBDA_INFER, batch: int = 64) -> dict:
     """PIDDM-1 samples (noise indices 0..n-1 of ``seed``), refined to PIDDM-ref when
     ``refine_steps`` > 0, in physical units [n, C, S, S]. Returns the fields, the relative
     residual before/after refinement and timings."""

@@ -25,6 +25,8 @@ import torch
 from piddm_fem.dual_norm import PhysicsPenalty, check_norm
 from piddm_fem.errors import PiddmError
 
+TASK_STEPS, RESTARTS = 200, 4  # Adam steps on eps, and eps per problem, of Algorithm 3
+LAMBDA_INFER = 1e-2  # PIDDM-ref: the weight of the mean square scaled residual
 TASK_LAMBDA = {"l2": 1e-3, "dual": 0.35}  # the default weight of each relative norm on the tasks (docs/distillation.md)
 
 
@@ -93,7 +95,7 @@ def recovery_mask(task: str, S: int, channels: list[str], meta: dict) -> dict[in
 
 
 def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask: torch.Tensor,
-                    eps: torch.Tensor, steps: int = 200, lam: float | None = None, prior: float = 1.0,
+                    eps: torch.Tensor, steps: int = TASK_STEPS, lam: float | None = None, prior: float = 1.0,
                     lr: float = 0.05, callback=None, exact=None, norm: str | None = None,
                     relative: bool = True) -> dict:
     """Optimise eps [N, C, S, S] (one row per problem/restart); returns x_mix (physical units,
@@ -148,8 +150,8 @@ def refine(student, normalizer, operator, eps: torch.Tensor, steps: int, lambda_
                            lam=lambda_infer, prior=prior, lr=lr, callback=callback, norm="l2", relative=False)
 
 
-def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 200, lam: float | None = None,
-                 restarts: int = 4, seed: int = 0, prior: float = 1.0, lr: float = 0.05,
+def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = TASK_STEPS, lam: float | None = None,
+                 restarts: int = RESTARTS, seed: int = 0, prior: float = 1.0, lr: float = 0.05,
                  exact=None, norm: str | None = None) -> dict:
     """Algorithm 3 for N problems: ``observed`` and ``mask`` [N, C, S, S] (physical units; the
     unobserved entries of ``observed`` are ignored), ``restarts`` eps per problem (noise indices
@@ -189,8 +191,8 @@ def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = 
 
 
 def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.ndarray, *,
-               points: int | None = None, fraction: float | None = None, steps: int = 200,
-               lam: float | None = None, restarts: int = 4, seed: int = 0, prior: float = 1.0,
+               points: int | None = None, fraction: float | None = None, steps: int = TASK_STEPS,
+               lam: float | None = None, restarts: int = RESTARTS, seed: int = 0, prior: float = 1.0,
                lr: float = 0.05, norm: str | None = None) -> dict:
     """Run a task on ground-truth samples ``truth`` [N, C, S, S] with ``restarts`` eps per problem.
 

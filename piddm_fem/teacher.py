@@ -24,7 +24,7 @@ import torch.distributed as dist
 from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import (DEFAULT_FRACTIONS, FieldDataset, InfiniteSampler, Normalizer,
                             compute_normalizer, open_dataset)
-from piddm_fem.edm import SAMPLE_STREAM, SIGMA_DATA, EDMLoss, EDMPrecond, heun_sample, noise_for_indices
+from piddm_fem.edm import HEUN_STEPS, SAMPLE_STREAM, SIGMA_DATA, EDMLoss, EDMPrecond, heun_sample, noise_for_indices
 from piddm_fem.errors import PiddmError
 from piddm_fem.progress import progress_bar
 from piddm_fem.unet import UNet, UNetConfig, padding_for, preset
@@ -376,7 +376,7 @@ def dataset_splits(ckpt: dict, data_path):
     return info, splits
 
 
-def teacher_pairs(net, ckpt: dict, seed: int, indices, num_steps: int = 18, stream: int = SAMPLE_STREAM):
+def teacher_pairs(net, ckpt: dict, seed: int, indices, num_steps: int = HEUN_STEPS, stream: int = SAMPLE_STREAM):
     """(eps, x0, nfe) in normalised space for noise indices ``indices`` of ``stream``: x0 = Heun
     ODE of eps."""
     device = next(net.parameters()).device
@@ -386,7 +386,7 @@ def teacher_pairs(net, ckpt: dict, seed: int, indices, num_steps: int = 18, stre
     return eps, x0, nfe
 
 
-def sample_teacher(ckpt_path, n: int, num_steps: int = 18, seed: int = 0, out_path=None,
+def sample_teacher(ckpt_path, n: int, num_steps: int = HEUN_STEPS, seed: int = 0, out_path=None,
                    device: str = "auto", batch: int = 64, overwrite: bool = False,
                    progress: bool = True) -> dict:
     """Draw ``n`` samples (noise indices 0..n-1 of ``seed``), de-normalise them and, if

@@ -27,7 +27,7 @@ from piddm_fem import grid
 from piddm_fem.errors import PiddmError
 from piddm_fem.solvers.gridmap import GridMap
 from piddm_fem.solvers.problem import SIDES
-from piddm_fem.tasks import infer_masked, observation_mask
+from piddm_fem.tasks import RESTARTS, TASK_STEPS, infer_masked, observation_mask
 
 # The regularisation weight alpha of the H1 term, per relative observation noise level, chosen on
 # calibration problems from the training split by benchmarks/inverse.py --calibrate (docs/inverse.md).
@@ -165,8 +165,8 @@ def noisy_observations(truth: np.ndarray, mask: np.ndarray, unknown: int, noise:
 
 
 def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normalizer=None, operator=None,
-           seed: int = 0, noise: float = 0.0, points: int | None = None, steps: int = 200,
-           restarts: int = 4, lam: float | None = None, adjoint_steps: int = MAXITER,
+           seed: int = 0, noise: float = 0.0, points: int | None = None, steps: int = TASK_STEPS,
+           restarts: int = RESTARTS, lam: float | None = None, adjoint_steps: int = MAXITER,
            alpha: float | None = None, norm: str | None = None) -> dict:
     """Recover the bounded coefficient of the N ground-truth samples ``truth`` [N, C, S, S] from
     ``points`` observed nodes of the unknown (Algorithm 3's inverse masks and seeds), with each of

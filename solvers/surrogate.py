@@ -21,7 +21,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.gridmap import sample_on_grid
-from piddm_fem.tasks import infer_masked, observation_mask
+from piddm_fem.tasks import LAMBDA_INFER, RESTARTS, infer_masked, observation_mask
 
 
 class Surrogate:
@@ -109,7 +109,7 @@ class Surrogate:
         return fd.Function(V, name=name).assign(fd.assemble(fd.interpolate(f, V)))
 
     # -- the surrogate ---------------------------------------------------------------------------
-    def sample(self, n: int, seed: int = 0, refine: int = 0, lambda_infer: float = 1e-2,
+    def sample(self, n: int, seed: int = 0, refine: int = 0, lambda_infer: float = LAMBDA_INFER,
                batch: int = 64) -> list[dict[str, fd.Function]]:
         """``n`` joint samples as Functions: PIDDM-1, or PIDDM-ref with ``refine`` steps. The
         values are those `piddm sample --seed SEED --refine REFINE` writes."""
@@ -119,7 +119,7 @@ class Surrogate:
                               lambda_infer, batch)
         return [self.functions(x) for x in stats["fields"]]
 
-    def predict(self, coefficients, steps: int = 0, restarts: int = 4, lam: float | None = None, seed: int = 0,
+    def predict(self, coefficients, steps: int = 0, restarts: int = RESTARTS, lam: float | None = None, seed: int = 0,
                 V=None, norm: str | None = None):
         """The unknown for ``coefficients`` (a dict of Functions or grids, or a list of such dicts,
         predicted in one batch) by Algorithm 3's forward task: ``steps`` Adam steps on eps with

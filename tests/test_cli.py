@@ -205,3 +205,19 @@ def test_a_bad_parameter_under_mpiexec_is_one_clean_line(tmp_path):
         "error: problem 'darcy': tau=0.0 is outside (0, inf); pick a value in (0, inf)"], output
     assert "Traceback" not in output and "MPI_ABORT" not in output and "\x1b[" not in output
     assert not list(tmp_path.iterdir())
+
+
+def test_the_cli_shows_the_librarys_defaults():
+    """The defaults that `--help` prints are the library's constants, not copies that can drift."""
+    import inspect
+
+    from piddm_fem.cli import student, teacher
+    from piddm_fem.edm import HEUN_STEPS
+    from piddm_fem.tasks import LAMBDA_INFER, RESTARTS, TASK_STEPS
+
+    def default(command, name):
+        return inspect.signature(command).parameters[name].default.default
+
+    assert default(teacher.sample, "steps") == HEUN_STEPS
+    assert default(student.sample, "lambda_infer") == LAMBDA_INFER
+    assert (default(student.infer, "steps"), default(student.infer, "restarts")) == (TASK_STEPS, RESTARTS)
