@@ -73,12 +73,13 @@ def main() -> None:
         if name in done:
             continue
         run = out / name
-        if args.pairs_from:
-            share_pair_bank(args.pairs_from, run)
-        t0 = time.perf_counter()
         every = {"val_every": max(1, steps // 4), "refresh": max(1, steps // 4)}  # unless the variant says
-        distill(args.teacher, args.data, run, steps, progress=False, pairs=args.pairs,
-                resume=(run / checkpoint.LAST).exists(), **{**every, **variant})
+        settings = {"pairs": args.pairs, **every, **variant}
+        if args.pairs_from:
+            share_pair_bank(args.pairs_from, run, **settings)
+        t0 = time.perf_counter()
+        distill(args.teacher, args.data, run, steps, progress=False,
+                resume=(run / checkpoint.LAST).exists(), **settings)
         fields = sample_student(run, args.n, 0)["fields"]
         with open(results, "a") as f:
             f.write(json.dumps({"name": name, **variant, "steps": steps, "seconds": time.perf_counter() - t0,

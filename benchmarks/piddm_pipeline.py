@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from piddm_fem import checkpoint
 from piddm_fem.evaluation import compare, load_setup, make_budget
 from piddm_fem.report import write_compare
 from piddm_fem.student import PHYSICS_START, distill_late_physics
@@ -72,14 +73,14 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     costs = {}
     teacher = Path(args.teacher) if args.teacher else out / "teacher"
-    if not args.teacher and not (teacher / "best.pt").exists():
+    if not args.teacher and not (teacher / checkpoint.BEST).exists():
         costs["teacher"] = train_on_budget(args.data, teacher, args.train_teacher_seconds, args.size, args.batch,
                                            args.device, args.probe_steps)
         print("teacher:", json.dumps(costs["teacher"]), flush=True)
     students = {"PIDDM": out / "student", "lambda=0": out / "student" / PHYSICS_START}
     budget = make_budget(teacher, args.quick, guidance_steps=args.guidance_steps, n_eval=args.n_eval,
                          task_problems=args.task_problems)
-    if not (out / "student" / "done").exists():  # the demo's recipe; lambda = 0 is its first half
+    if not (out / "student" / checkpoint.DONE).exists():  # the demo's recipe; lambda = 0 is its first half
         distill_late_physics(teacher, args.data, out / "student", args.distill_steps, args.lambda_train,
                              args.device, progress=False, pairs=args.pairs, teacher_steps=budget.heun_steps,
                              batch=args.distill_batch, targets=args.targets, lr=args.distill_lr,

@@ -11,6 +11,7 @@ import json
 
 
 from piddm_fem import checkpoint, metrics, schema
+from piddm_fem.edm import HEUN_STEPS
 from piddm_fem.evaluation import fem_relative
 from piddm_fem.teacher import dataset_splits, sample_teacher
 
@@ -20,7 +21,7 @@ def main() -> None:
     p.add_argument("teacher")
     p.add_argument("data")
     p.add_argument("--n", type=int, default=256)
-    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--steps", type=int, default=HEUN_STEPS)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default="teacher_quality_samples.h5")
     args = p.parse_args()

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from piddm_fem.edm import SIGMA_MAX, EDMPrecond, heun_sample, noise_for_indices
+from piddm_fem.edm import HEUN_STEPS, SIGMA_MAX, EDMPrecond, heun_sample, noise_for_indices
 from piddm_fem.teacher import load_teacher, memory_format
 from piddm_fem.unet import UNet, preset
 
@@ -35,7 +35,7 @@ def network(args, device):
     return net, (2, args.res, args.res), f"fresh {args.size} net"
 
 
-def variants(net, shape, device, batch: int, num_steps: int = 18) -> None:
+def variants(net, shape, device, batch: int, num_steps: int = HEUN_STEPS) -> None:
     """ms/sample of ``heun_sample`` for each layout x precision x batch (on copies of ``net``)."""
     import contextlib
     import copy

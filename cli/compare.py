@@ -38,7 +38,7 @@ def compare(ctx: typer.Context,
     from piddm_fem.errors import PiddmError
     from piddm_fem.report import write_compare
 
-    extra = [a for a in ctx.args if not a.isdigit()]
+    extra = [a for a in ctx.args if not (a.isascii() and a.isdigit())]
     if extra:
         raise PiddmError(f"unexpected argument {extra[0]!r}; options are listed by `piddm compare --help`")
     seeds = list(seeds) + [int(a) for a in ctx.args]  # --seeds 0 1 2: the later seeds arrive as extra arguments

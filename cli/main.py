@@ -17,6 +17,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from piddm_fem import checks
@@ -179,6 +180,7 @@ def export_operator(file: Path = typer.Argument(..., help="Dataset file to store
 
     info = schema.read_info(file)
     checks.writable_existing(file)
+    checks.output_file(file.resolve())  # rewritten through a copy beside it: its folder must be writable
     t0 = time.perf_counter()
     op = extract_operator(get_problem(info.problem, **info.params), info.resolution)
     schema.write_operator(file, op)
@@ -205,6 +207,13 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (schedulers, kill) saves like Ctrl-C
 
 
+def _error(message: str) -> None:
+    """The one line `error: ...` on stderr, on rank 0 only under mpiexec (every rank fails alike);
+    the message is printed as written, never read as markup (it may quote the user's input)."""
+    if not MPI_RANK:
+        console.print("[red]error:[/red]", escape(message), highlight=False, soft_wrap=True)
+
+
 def run() -> None:
     """Console entry point: one-line errors, exit codes 2 (bad input) and 130 (interrupted)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the parent ignores it
@@ -212,8 +221,7 @@ def run() -> None:
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help
     except PiddmError as exc:
-        if not MPI_RANK:  # under mpiexec every rank raises it; rank 0 prints the one line
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         code = 130
@@ -226,8 +234,7 @@ def run() -> None:
             exc.show()
         else:  # a usage error (a missing argument, a value of the wrong type or range): one line
             command = getattr(getattr(exc, "ctx", None), "command_path", "piddm")
-            console.print(f"[red]error:[/red] {exc.format_message().rstrip('.')}; see `{command} --help`",
-                          highlight=False, soft_wrap=True)
+            _error(f"{exc.format_message().rstrip('.')}; see `{command} --help`")
         sys.exit(exc.exit_code)
     if code == 130:
         console.print(INTERRUPTED)

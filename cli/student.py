@@ -100,9 +100,10 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
 
     if out_path is None and json_out is None:
         raise PiddmError("give --out FILE.h5 and/or --json FILE.json for the results")
-    for path in (out_path, json_out):
-        if path is not None:
-            checks.output_file(path, overwrite)
+    if out_path is not None:
+        schema.check_output(out_path, overwrite)
+    if json_out is not None:
+        checks.output_file(json_out, overwrite)
     if lam is not None:
         checks.check_range("--lambda", lam, "[0, inf)")
     checks.check_range("--noise", noise, "[0, 1)")

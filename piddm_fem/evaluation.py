@@ -98,7 +98,10 @@ BUDGET_RANGES = {"n_eval": ("--n-eval", "[1, inf)"), "task_problems": ("--task-p
                  "heun_steps": ("heun_steps", "[1, inf)"), "refine_steps": ("refine_steps", "[0, inf)"),
                  "lambda_infer": ("lambda_infer", "[0, inf)"), "restarts": ("restarts", "[1, inf)"),
                  "task_steps": ("task_steps", "[0, inf)"), "pidm_steps": ("pidm_steps", "[0, inf)"),
-                 "batch": ("batch", "[1, inf)")}
+                 "batch": ("batch", "[1, inf)"), "zeta_pde": ("zeta_pde", "[0, inf)"),
+                 "pde_from": ("pde_from", "[0, 1]"), "direct_lr": ("direct_lr", "(0, inf)"),
+                 "pidm_lambda": ("pidm_lambda", "[0, inf)"), "fno_modes": ("fno_modes", "[1, inf)"),
+                 "fno_width": ("fno_width", "[1, inf)")}
 
 QUICK = Budget(n_eval=4, task_problems=2, heun_steps=3, guidance_steps=4, refine_steps=2, restarts=2,
                task_steps=3, pidm_steps=2, fno_seconds=1.0, fno_modes=4, fno_width=8)
@@ -202,6 +205,7 @@ def load_setup(data, teacher_dir, students: dict | None = None, budget: Budget |
     from piddm_fem.residual import ResidualOperator
     from piddm_fem.teacher import dataset_splits, load_teacher, resolve_device
 
+    checks.check_options(budget or Budget(), BUDGET_RANGES)
     dev = resolve_device(device)
     teacher, ckpt = load_teacher(teacher_dir, dev)
     info, splits = dataset_splits(ckpt, data)

@@ -46,10 +46,13 @@ class PairBank:
         try:
             self.file = h5py.File(self.path, "r+")
         except OSError as exc:
-            raise PiddmError(f"{self.path} is not a readable pair bank ({exc}); delete it to generate "
-                             "the pairs again") from None
+            if "lock" in str(exc).lower():
+                raise PiddmError(f"another process is using {self.path}; wait for it to finish or "
+                                 "distil into another --out") from None
+            raise PiddmError(f"{self.path} is not a readable pair bank ({str(exc).splitlines()[0]}); "
+                             "delete it to generate the pairs again") from None
         have = {k: self.file.attrs.get(k) for k in identity}
-        if self.file["eps"].shape != shape or any(have[k] != v for k, v in identity.items()):
+        if "eps" not in self.file or self.file["eps"].shape != shape or any(have[k] != v for k, v in identity.items()):
             self.file.close()
             raise PiddmError(f"{self.path} holds pairs of another teacher, seed or size; "
                              "delete it or distil into another --out")

@@ -324,6 +324,16 @@ def check_fields(where, info: DatasetInfo, fields: np.ndarray, status=None, indi
         )
 
 
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Before any work, that ``write`` can write ``path``: ``checks.output_file``, and no
+    interrupted run's partial file there (e.g. of ``piddm generate``) unless ``overwrite``."""
+    path = checks.output_file(path, overwrite)
+    if not overwrite and partial_path(path).exists():
+        raise PiddmError(f"{partial_path(path)} is an unfinished file of an interrupted run; pass "
+                         "--overwrite to replace it (or resume that run)")
+    return path
+
+
 def write(path: str | os.PathLike, info: DatasetInfo, fields: np.ndarray, *,
           overwrite: bool = False, extra: dict | None = None) -> None:
     """Write a whole file at once (model samples): partial file, then atomic rename. An
@@ -331,6 +341,7 @@ def write(path: str | os.PathLike, info: DatasetInfo, fields: np.ndarray, *,
     with ``overwrite``.
 
     ``extra`` maps dataset names to arrays stored beside ``fields`` (e.g. ensemble std)."""
+    check_output(path, overwrite)
     info = replace(info, n_samples=int(fields.shape[0]))
     check_fields(path, info, fields)
     with exclusive(path):
@@ -358,15 +369,18 @@ def write_operator(path: str | os.PathLike, op: dict, h5file=None) -> None:
     if h5file is not None:
         _operator_group(h5file, op)
         return
-    path = Path(path)
+    path = Path(path).resolve()  # a link's target gets the operator
     with exclusive(path), deferred():
         tmp = path.with_name(path.name + ".operator.partial")
-        if path.exists():
-            shutil.copyfile(path, tmp)
         try:
+            if path.exists():
+                shutil.copy2(path, tmp)  # with its permissions
             with _h5py().File(tmp, "a") as f:
                 _operator_group(f, op)
             os.replace(tmp, path)
+        except OSError as exc:
+            raise PiddmError(f"cannot write the operator into {path}: {exc.strerror or exc}; free disk "
+                             "space or choose a writable copy of the file") from None
         finally:
             tmp.unlink(missing_ok=True)
 

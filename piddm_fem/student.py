@@ -317,13 +317,24 @@ def distill_late_physics(teacher_dir, data_path, out_dir, steps: int, lambda_tra
     return stats
 
 
-def share_pair_bank(src_dir, dst_dir) -> None:
-    """Copy a finished run's pair bank into a new run of the same teacher and seed (e.g. the
-    lambda_train = 0 ablation), so that the teacher is not integrated twice for the same pairs."""
+def share_pair_bank(src_dir, dst_dir, **settings) -> bool:
+    """Copy a finished run's pair bank into a new run of the same teacher (e.g. the lambda_train
+    = 0 ablation), so that the teacher is not integrated twice for the same pairs: only where it
+    is the bank that a run with ``settings`` (DistillConfig fields; ``pairs``, ``seed`` and
+    ``teacher_steps`` matter) would make, and the new run has none. Returns whether it copied."""
+    import h5py
+
+    cfg = DistillConfig(**{k: v for k, v in settings.items() if v is not None})
     src, dst = Path(src_dir) / PAIRS_FILE, Path(dst_dir) / PAIRS_FILE
-    if src.exists() and not dst.exists():
+    if not src.exists() or dst.exists():
+        return False
+    with h5py.File(src, "r") as f:
+        same = (f["eps"].shape[0], int(f.attrs["seed"]), int(f.attrs["num_steps"])) == (
+            cfg.pairs, cfg.seed, cfg.teacher_steps)
+    if same:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
+    return same
 
 
 def load_student(student_dir, device="cpu"):
@@ -350,7 +361,7 @@ def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, la
     """`piddm sample`: ``sample_fields`` of the student in ``student_dir``, written in the
     dataset schema when ``out_path`` is given."""
     if out_path is not None:
-        checks.output_file(out_path, overwrite)
+        schema.check_output(out_path, overwrite)
     student, ckpt, normalizer, operator = load_student(student_dir, resolve_device(device))
     stats = sample_fields(student, ckpt, normalizer, operator, n, seed, refine_steps, lambda_infer, batch)
     if out_path is not None:

@@ -195,8 +195,8 @@ class TeacherTrainer:
         self.loss_fn = loss_fn or EDMLoss()
         self.bf16 = device.type == "cuda"  # autocast of the training and validation steps
         layout = memory_format(self.cfg.channels_last, device, bf16=self.bf16)
-        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone; the
-            torch.manual_seed(self.cfg.seed)     # caller's random state is left as it was
+        with torch.random.fork_rng(devices=[]):  # the initial weights (drawn on the CPU) depend on the
+            torch.random.default_generator.manual_seed(self.cfg.seed)  # seed alone; the caller's state is kept
             net = EDMPrecond(UNet(self.net_cfg), SIGMA_DATA)
         self.net = net.to(device, memory_format=layout)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
@@ -310,7 +310,18 @@ class TeacherTrainer:
         return val
 
     def run(self, steps: int, progress: bool = True) -> dict:
-        """Train until ``self.step == steps``; Ctrl-C saves last.pt and returns."""
+        """Train until ``self.step == steps``; Ctrl-C saves last.pt and returns. The network's own
+        random draws (dropout) come from the global generators, seeded from (seed, rank, first
+        step) for the run and restored afterwards: the caller's random state is left as it was."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            seed = int(np.random.SeedSequence([self.cfg.seed, self.rank, self.step, 1]).generate_state(1, np.uint64)[0])
+            torch.random.default_generator.manual_seed(seed)
+            if devices:
+                torch.cuda.manual_seed(seed)
+            return self._run(steps, progress)
+
+    def _run(self, steps: int, progress: bool) -> dict:
         lead = self.rank == 0
         start_step, t0 = self.step, time.perf_counter()
         self._run_start = t0
@@ -394,7 +405,7 @@ def sample_teacher(ckpt_path, n: int, num_steps: int = HEUN_STEPS, seed: int = 0
     if n < 1 or num_steps < 1 or batch < 1:
         raise PiddmError(f"--n {n}, --steps {num_steps} and batch {batch} must all be >= 1")
     if out_path is not None:
-        checks.output_file(out_path, overwrite)
+        schema.check_output(out_path, overwrite)
     dev = resolve_device(device)
     net, ckpt = load_teacher(ckpt_path, dev)
     normalizer = Normalizer.from_dict(ckpt["normalization"])

@@ -219,10 +219,13 @@ def darcy20(tmp_path_factory):
     generate(get_problem("darcy"), 20, 17, 5, data, show_progress=False)
     train_teacher(data, root / "teacher", steps=4, batch=4, size="tiny", device="cpu", progress=False,
                   val_every=2, val_samples=2, warmup=1)
+    bank = {"pairs": 8, "teacher_steps": 2}
     for name, lam in (("student", 1e-3), ("ablation", 0.0)):
-        share_pair_bank(root / "student", root / name)
+        shared = share_pair_bank(root / "student", root / name, **bank)
+        assert shared == (name == "ablation")  # the second run takes the first one's bank
         distill(root / "teacher", data, root / name, steps=3, device="cpu", progress=False, lambda_train=lam,
-                pairs=8, teacher_steps=2, batch=4, val_pairs=4, val_every=3, refresh=0)
+                batch=4, val_pairs=4, val_every=3, refresh=0, **bank)
+    assert not share_pair_bank(root / "student", root / "other", pairs=16, teacher_steps=2)  # another size
     return root
 
 

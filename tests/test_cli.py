@@ -27,6 +27,8 @@ def test_bad_input_gives_one_line_errors(cli, tmp_path, darcy_file):
         (("compare", darcy_file, "--teacher", tmp_path, "--out", tmp_path / "c", "--seeds", "-1"), ("'--seeds'",)),
         (("teacher", "sample"), ("Missing argument", "piddm teacher sample --help")),
         (("generate", "darcy", "-n", "two"), ("'-n'", "valid integer")),
+        (("compare", darcy_file, "--teacher", tmp_path, "--out", tmp_path / "c", "--seeds", "0", "[bold]"),
+         ("unexpected argument '[bold]'",)),  # the user's text is printed, not read as markup
     ]
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 50)

@@ -174,14 +174,17 @@ def test_resume_rechecks_samples_marked_ok(tmp_path, darcy_file):
     assert np.array_equal(schema.read(out)[1], schema.read(darcy_file)[1])
 
 
-def test_a_whole_file_write_keeps_an_interrupted_generate(tmp_path, darcy_file):
+def test_a_whole_file_write_keeps_an_interrupted_generate(cli, tmp_path, darcy_file, tiny_teacher):
     """Writing model samples to OUT where `piddm generate` left OUT.partial refuses (the partial
-    holds solved samples) unless told to overwrite; the caller's DatasetInfo is left alone."""
+    holds solved samples) unless told to overwrite, and the commands say so before sampling; the
+    caller's DatasetInfo is left alone."""
     out = tmp_path / "s.h5"
     partial = schema.partial_path(out)
     shutil.copy(darcy_file, partial)
+    code, _, err = cli("teacher", "sample", tiny_teacher, "--n", "1", "--out", out)
+    assert_one_line_error(code, err, "s.h5.partial", "--overwrite")
     info, fields, _ = schema.read(darcy_file, [0, 1])
-    with pytest.raises(PiddmError, match="holds an interrupted run.*--overwrite"):
+    with pytest.raises(PiddmError, match="unfinished file of an interrupted run; pass --overwrite"):
         schema.write(out, info, fields)
     assert partial.exists() and not out.exists()
     schema.write(out, info, fields, overwrite=True)

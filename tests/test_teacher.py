@@ -142,12 +142,13 @@ def test_resume_continues_the_same_run(data, tmp_path):
 
 
 def test_a_trainer_seeds_its_weights_without_reseeding_its_caller(data, tmp_path):
-    """The initial weights depend on the run's seed alone, and building a trainer (as PIDM does
-    inside `piddm compare`) leaves the caller's global random stream where it was."""
+    """The initial weights depend on the run's seed alone, and building and running a trainer (as
+    PIDM does inside `piddm compare`) leaves the caller's global random stream where it was."""
     draws, weights = [], []
     for outer in (1, 2):
         torch.manual_seed(outer)
         trainer = TeacherTrainer(data, tmp_path / str(outer), dict(FAST, val_every=100), torch.device("cpu"))
+        trainer.run(2, progress=False)  # training and validation draw from a fork
         draws.append(torch.rand(4))
         weights.append(torch.cat([p.detach().flatten() for p in trainer.net.parameters()]))
         torch.manual_seed(outer)
