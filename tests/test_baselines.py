@@ -258,6 +258,7 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
         assert (out / png).stat().st_size > 10_000
 
 
+@pytest.mark.firedrake
 def test_a_k_step_student_counts_k_network_calls_per_sample(darcy20, tmp_path):
     from piddm_fem.baselines import build
     from piddm_fem.evaluation import QUICK, load_setup
@@ -312,7 +313,6 @@ def test_report_is_keyed_by_the_dataset_channels():
     assert "a > thr" not in md and "Darcy" not in md
 
 
-@pytest.mark.firedrake
 def _benchmark(name):
     import importlib.util
     from pathlib import Path
@@ -323,6 +323,7 @@ def _benchmark(name):
     return module
 
 
+@pytest.mark.firedrake
 def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path, capsys):
     """benchmarks/piddm_pipeline.py (what benchmarks/gpu_session.sh runs): a teacher on a time
     budget whose probe start-up is not counted, the student and its first half as lambda = 0,
@@ -349,6 +350,7 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path, c
     assert any(line.startswith("| eci |") for line in printed) and (tmp_path / "rows.png").exists()
 
 
+@pytest.mark.firedrake
 def test_error_against_time_scales_every_method_alike(darcy20, tmp_path):
     """benchmarks/error_vs_time.py: one comparison per scale, each method's iteration counts times
     the scale, and a curve per method over the scales (samples and each task)."""

@@ -84,6 +84,9 @@ def test_validate_reports_both_residuals_and_flags_perturbed_fields(cli, tmp_pat
     assert code == 1
     data = json.loads((tmp_path / "noisy.json").read_text())
     assert not data["passed"] and data["summary"]["median"] > 1e-3
+    assert data["summary"]["disagree"] == []  # the torch column is the FEM one, sample by sample
+    for row in data["samples"]:
+        assert row["torch_residual"] == pytest.approx(row["fem_residual"], rel=1e-8)
 
 
 def test_solve_writes_figure_and_vtk(cli, tmp_path):
@@ -103,6 +106,8 @@ def test_console_script_exit_code_without_traceback(tmp_path):
 
 
 def test_export_operator_adds_an_operator_to_any_file(cli, tmp_path, darcy_file):
+    import torch
+
     from piddm_fem.residual import ResidualOperator
 
     info, fields, _ = schema.read(darcy_file)
@@ -113,6 +118,10 @@ def test_export_operator_adds_an_operator_to_any_file(cli, tmp_path, darcy_file)
     assert code == 0, err
     op = ResidualOperator.from_file(tmp_path / "plain.h5")
     assert (op.problem, op.resolution) == ("darcy", 17)
+    x = torch.from_numpy(fields)  # the exported terms are the generator's: solver data at round-off,
+    assert op.relative(x).max() <= 1e-10  # and the same residual where there is one
+    x[:, 1] *= 1.01
+    torch.testing.assert_close(op.raw(x), ResidualOperator.from_file(darcy_file).raw(x), rtol=1e-12, atol=1e-15)
 
 
 def test_bench_rejects_an_unknown_benchmark(cli):

@@ -96,7 +96,11 @@ def test_adjoint_inversion_gradient_and_convergence():
     result = inv.run(maxiter=40)
     assert result["iterations"] > 5
     assert result["misfit"] ** 2 < 0.05 * result["history"][0] ** 2  # the data term fell 20-fold
-    assert ((result["a"] >= 3.0) & (result["a"] <= 12.0)).all()
+    # and the coefficient found is the truth's (8.7% of nodes on the wrong side, 0.58x the error
+    # of the constant mid value, when written)
+    a = result["a"]
+    assert ((a > 7.5) != (truth[0] > 7.5)).mean() < 0.2
+    assert np.linalg.norm(a - truth[0]) < 0.75 * np.linalg.norm(7.5 - truth[0])
     from_truth = inv.run(truth[0], maxiter=40)
     assert from_truth["history"][0] < result["history"][0]
 

@@ -46,6 +46,24 @@ def test_lambda_zero_loss_is_plain_regression(tiny_teacher, darcy_file, tmp_path
     d.bank.close()
 
 
+def test_the_penalty_steers_the_training_step(tiny_teacher, darcy_file, tmp_path):
+    """`Distiller.run` descends regression + lambda x residual: from the same start, pairs and
+    batch, one small Adam step with a large lambda lowers the residual of the one-step samples
+    below where the same step at lambda = 0 leaves it (a dropped or sign-flipped penalty fails)."""
+    after = {}
+    for lam in (0.0, 1e4):
+        d = Distiller(tiny_teacher, darcy_file, tmp_path / f"r{lam}",
+                      {"lambda_train": lam, "pairs": 4, "teacher_steps": 2, "batch": 4, "val_pairs": 2,
+                       "lr": 1e-5, "refresh": 0, "ema_decay": 0.0}, torch.device("cpu"), False)
+        eps, _ = batch(d)
+        with torch.no_grad():
+            before = d.losses(eps, torch.zeros_like(eps))[1].mean().item()
+        d.run(1, progress=False)
+        with torch.no_grad():
+            after[lam] = d.losses(eps, torch.zeros_like(eps))[1].mean().item()
+    assert after[1e4] < before and after[1e4] < after[0.0]
+
+
 def test_residual_term_gradient_reaches_the_student(tiny_teacher, darcy_file, tmp_path):
     d = make_distiller(tiny_teacher, darcy_file, tmp_path, 1.0)
     eps, _ = batch(d)
