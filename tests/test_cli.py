@@ -95,7 +95,9 @@ def test_solve_writes_figure_and_vtk(cli, tmp_path):
     assert code == 0, err
     assert "relative residual" in out
     assert (tmp_path / "p.png").stat().st_size > 1000
-    assert (tmp_path / "vtk" / "poisson.pvd").exists()
+    vtu = [p.read_text(errors="replace") for p in (tmp_path / "vtk").rglob("*.vtu")]
+    assert (tmp_path / "vtk" / "poisson.pvd").exists() and len(vtu) == 1
+    assert 'Name="u"' in vtu[0] and 'Name="f"' in vtu[0]  # both fields, as ParaView reads them
 
 
 def test_console_script_exit_code_without_traceback(tmp_path):

@@ -87,6 +87,9 @@ def test_sigma_steps_schedule():
     assert t.shape == (19,) and t[-1] == 0
     torch.testing.assert_close(t[[0, 17]], torch.tensor([80.0, 0.002], dtype=torch.float64))
     assert (t[:-1].diff() < 0).all()
+    rho = 7.0  # EDM's Eq. 5: equal steps in sigma^(1/rho)
+    i = torch.arange(18, dtype=torch.float64)
+    torch.testing.assert_close(t[:-1], (80.0 ** (1 / rho) + i / 17 * (0.002 ** (1 / rho) - 80.0 ** (1 / rho))) ** rho)
 
 
 @pytest.mark.parametrize("num_steps, tol", [(18, 0.05), (40, 0.01), (100, 0.002)])

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -27,6 +28,9 @@ def test_quickstart_then_surrogate_in_firedrake(tmp_path):
     assert set(lines) == {"surrogate", "FEM"}
     outflow = {k: float(line.split("outflow")[1].split()[0]) for k, line in lines.items()}
     assert abs(outflow["FEM"] - 1.0) < 0.06  # -∫ a grad u . n ds = ∫ f dx = 1 (P1 on 48 x 48)
+    assert np.isfinite(outflow["surrogate"])
+    rel = float(out.split("relative L2 error of the surrogate")[1].split(";")[0])
+    assert rel < 1.0  # the quick student's u is closer to the FEM solution than u = 0
     assert (tmp_path / "surrogate.pvd").exists()
 
 
