@@ -15,6 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one th
 
 import numpy as np
 
+from piddm_fem import schema
 from piddm_fem.checkpoint import DONE
 from piddm_fem.recipe import DEMO, QUICK, distill_stage, generate_data, train_teacher_stage
 from piddm_fem.solvers import get_problem
@@ -26,6 +27,8 @@ def train_pipeline(problem: str, out: Path, cfg: dict) -> Path:
     (piddm_fem.recipe: DEMO or QUICK); returns the student directory."""
     out.mkdir(parents=True, exist_ok=True)
     data, teacher, student = out / "data.h5", out / "teacher", out / "student"
+    if data.exists() and (held := schema.read_info(data).problem) != problem:  # e.g. another example's
+        raise SystemExit(f"error: {out} holds a {held} pipeline, not {problem}; give another --out")
     if not data.exists():  # 1. Firedrake solves seeded coefficient draws; the file holds the operator
         generate_data(cfg, problem, data, progress=False)
     if not (teacher / DONE).exists():  # 2. an EDM diffusion teacher of the joint field (a, u)
@@ -69,8 +72,6 @@ def main():
           f"{np.median(stats['residual_before']):.3f} -> {np.median(stats['residual_after']):.3f} refined")
 
     # 5. validate with Firedrake: the assembled FEM residual of every sample
-    from piddm_fem import schema
-
     info, fields, _ = schema.read(args.out / "samples.h5")
     disc = DiscreteProblem(get_problem(info.problem, **info.params), info.resolution)
     fem = [disc.relative_residual(x) for x in fields]

@@ -32,6 +32,10 @@ def test_quickstart_then_surrogate_in_firedrake(tmp_path):
     rel = float(out.split("relative L2 error of the surrogate")[1].split(";")[0])
     assert rel < 1.0  # the quick student's u is closer to the FEM solution than u = 0
     assert (tmp_path / "surrogate.pvd").exists()
+    # another problem's example never reuses this Darcy student in OUT/pipeline
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "warm_start_newton.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "holds a darcy pipeline, not reaction_diffusion" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
