@@ -46,6 +46,10 @@ def test_warm_start_newton(tmp_path):
     assert all(int(r[2]) >= 6 for r in rows if r[1] == "zero")  # Newton from zero: 6+ iterations
     plain = [line for line in out.splitlines() if line.startswith("plain Firedrake")]
     assert len(plain) == 2 and "from zero" in plain[0] and "from warm" in plain[1]
+    # the student's start saves Newton iterations (7 -> 5 when written), and the plain Firedrake
+    # script, same guess and stopping test, counts what the last draw counted
+    assert all(int(w[2]) < int(z[2]) for z, w in zip(rows[::2], rows[1::2]))
+    assert [int(line.split(":")[1].split()[0]) for line in plain] == [int(rows[2][2]), int(rows[3][2])]
 
 
 @pytest.mark.slow
