@@ -27,6 +27,21 @@ def assert_one_line_error(code, err, *words):
         assert word in err, err
 
 
+def assert_validates(cli, path):
+    """`piddm validate PATH` passes and its torch column is Firedrake's, sample by sample (model
+    samples sit far above round-off, so this compares the exported operator with `assemble`)."""
+    import json
+
+    report = path.with_name(path.name + ".validate.json")
+    code, _, err = cli("validate", path, "--json", report)
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert data["summary"]["n_ok"] == data["summary"]["n_samples"] and data["summary"]["disagree"] == []
+    for row in data["samples"]:
+        assert row["torch_residual"] == pytest.approx(row["fem_residual"], rel=1e-6)
+    return data
+
+
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run the `piddm` console entry point in-process: returns (exit code, stdout, stderr)."""
