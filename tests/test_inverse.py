@@ -126,7 +126,11 @@ def test_every_method_through_the_cli(cli, tiny_student, darcy_file, tmp_path):
     result = invert(get_problem("darcy"), truth, METHODS, student=student, normalizer=normalizer,
                     operator=operator, steps=2, restarts=2, adjoint_steps=2)
     assert list(result["methods"]) == list(METHODS)
-    assert result["methods"]["adjoint"]["history"] is not None
+    for name in ("adjoint", "soft+adjoint", "fem+adjoint"):  # L-BFGS-B never ends above its start
+        for h in result["methods"][name]["history"]:
+            assert len(h) >= 2 and h[-1] <= h[0]
+    for cold, warm in zip(result["methods"]["adjoint"]["history"], result["methods"]["soft+adjoint"]["history"]):
+        assert warm[0] != cold[0]  # the student's coefficient is where the second one starts
 
 
 def test_inverse_bad_input(cli, tiny_student, darcy_file, rd_student, tmp_path):
