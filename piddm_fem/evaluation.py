@@ -27,9 +27,9 @@ import torch
 
 from piddm_fem import checkpoint, checks, metrics, schema
 from piddm_fem.dual_norm import norm_for
+from piddm_fem.edm import HEUN_STEPS
 from piddm_fem.errors import PiddmError
 from piddm_fem.interrupt import write_atomic
-from piddm_fem.edm import HEUN_STEPS
 from piddm_fem.tasks import LAMBDA_INFER, RESTARTS, observation_mask, task_errors, task_weight
 
 
@@ -80,6 +80,9 @@ class Budget:
     fno_modes: int = 8
     fno_width: int = 24
     batch: int = 64
+
+    def __post_init__(self):  # every budget, however made (defaults, replace, a caller's), is checked
+        checks.check_options(self, BUDGET_RANGES)
 
     @property
     def observation_weight(self) -> float:
@@ -205,7 +208,6 @@ def load_setup(data, teacher_dir, students: dict | None = None, budget: Budget |
     from piddm_fem.residual import ResidualOperator
     from piddm_fem.teacher import dataset_splits, load_teacher, resolve_device
 
-    checks.check_options(budget or Budget(), BUDGET_RANGES)
     dev = resolve_device(device)
     teacher, ckpt = load_teacher(teacher_dir, dev)
     info, splits = dataset_splits(ckpt, data)
@@ -415,9 +417,7 @@ def make_budget(teacher_dir, quick: bool = False, **overrides) -> Budget:
     seconds = checkpoint.load(teacher_dir, kind="teacher").get("train_seconds")
     if not quick and seconds:
         budget = replace(budget, fno_seconds=float(seconds))
-    budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
-    checks.check_options(budget, BUDGET_RANGES)
-    return budget
+    return replace(budget, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def default_methods(students: dict) -> list[str]:

@@ -32,6 +32,7 @@ QUICK = {**DEMO, "res": 17, "n_samples": 40, "teacher_steps": 20, "heun_steps": 
          "distill_steps": 10, "n_eval": 8, "refine_steps": 3, "task_problems": 2, "restarts": 2,
          "task_steps": 3, "guidance_steps": 4, "fno_seconds": 1.0}
 
+
 def generate_data(cfg: dict, problem: str, data, progress: bool = True) -> None:
     """``cfg["n_samples"]`` Firedrake solves of ``problem`` at ``cfg["res"]`` (resumed from an
     interrupted run's partial file)."""
