@@ -106,8 +106,11 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
     (``dual_norm.PhysicsPenalty``).
 
     ``exact`` (e.g. ``LinearFEMSolve(operator).solve``) replaces the student's unknown by the FEM
-    solution for the student's coefficients before the misfit is taken: exact physics, so the
-    residual penalty is dropped and the student's own u is never compared with the data."""
+    solution for the coefficients of x_mix (observed where observed, the student's elsewhere):
+    exact physics, so the residual penalty is dropped, the student's own u is never compared with
+    the data, and the returned u solves the PDE for the returned coefficients (away from observed
+    u nodes, which are returned as observed). The student's coefficients are still fitted to their
+    observations."""
     device = eps.device
     penalty = PhysicsPenalty(operator, norm, normalizer if relative else None)
     lam = task_weight(penalty.norm, lam)
@@ -117,13 +120,16 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
     opt = torch.optim.Adam([eps], lr=lr)
     d = eps[0].numel()
     count = mask.flatten(1).sum(1).clamp(min=1.0)
+    unknown = (torch.arange(eps.shape[1], device=device) == operator.unknown).reshape(1, -1, 1, 1)
 
     def evaluate():
         pred = student(eps)
-        if exact is not None:
-            pred = normalizer.normalize(exact(normalizer.denormalize(pred)))
-        misfit = ((pred - target) * mask).square().flatten(1).sum(1) / count
         x_mix = observed * mask + normalizer.denormalize(pred) * (1 - mask)
+        if exact is not None:
+            solved = exact(x_mix)
+            pred = torch.where(unknown, normalizer.normalize(solved), pred)
+            x_mix = observed * mask + solved * (1 - mask)
+        misfit = ((pred - target) * mask).square().flatten(1).sum(1) / count
         physics = penalty(x_mix) if exact is None else torch.zeros_like(misfit)
         shell = (eps.square().flatten(1).sum(1) / d - 1).square()
         return misfit, physics, shell, x_mix

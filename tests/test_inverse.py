@@ -75,6 +75,27 @@ def test_latent_fem_gradient_matches_finite_differences(tiny_student, darcy_file
     assert float(after) < float(before)
 
 
+def test_exact_physics_solves_for_the_returned_coefficients(tiny_student, darcy_file):
+    """With exact physics, the returned u is the FEM solution for the returned coefficients, the
+    observed ones included: with a fully observed (forward) it is the discrete truth; with 10% of
+    a observed (reconstruct) the student's own u plays no part."""
+    student, ckpt, normalizer, operator = load_student(tiny_student)
+    truth = torch.tensor(schema.read(darcy_file, [0, 1])[1])
+    solve = LinearFEMSolve(operator).solve
+    eps = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    meta = get_problem("darcy").metadata()
+    forward = observation_mask("forward", truth.shape, ["a", "u"], meta, seed=0)
+    x = optimize_latent(student, normalizer, operator, truth.float(), forward, eps, steps=2, exact=solve)["x"]
+    assert torch.equal(x[:, 0], truth[:, 0].float())
+    assert float((x[:, 1] - truth[:, 1]).abs().max()) <= 1e-4 * float(truth[:, 1].abs().max())
+    partial = observation_mask("reconstruct", truth.shape, ["a", "u"], meta, seed=0)
+    partial[:, 1] = 0.0  # a observed on 10% of the nodes, u nowhere
+    x = optimize_latent(student, normalizer, operator, truth.float(), partial, eps, steps=2, exact=solve)["x"]
+    observed = partial[:, 0].bool()
+    assert torch.equal(x[:, 0][observed], truth[:, 0].float()[observed])
+    assert float((solve(x.double())[:, 1] - x[:, 1]).abs().max()) <= 1e-4 * float(x[:, 1].abs().max())
+
+
 def test_adjoint_inversion_gradient_and_convergence():
     problem, S = get_problem("darcy"), 17
     disc = DiscreteProblem(problem, S)
