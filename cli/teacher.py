@@ -18,17 +18,17 @@ def train(data: Path = typer.Argument(..., help="Dataset HDF5 file (piddm genera
           out_dir: Path = typer.Option(..., "--out", help="Directory for last.pt and best.pt."),
           steps: int = typer.Option(2000, help="Train until this optimizer step (total, also with --resume)."),
           batch: Optional[int] = typer.Option(None, help="Global batch size, split over DDP ranks [32]."),
-          size: Optional[str] = typer.Option(None, help="Network preset tiny | small | base [tiny]."),
+          size: Optional[str] = typer.Option(None, help="Network preset tiny | small | base \\[tiny]."),
           device: str = typer.Option("auto", help="auto | cpu | cuda (under torchrun: one GPU per rank)."),
           resume: bool = typer.Option(False, help="Continue OUT/last.pt with its step count and settings."),
           val_every: Optional[int] = typer.Option(None, help="Validate and checkpoint every K steps [500]."),
           lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate [1e-3]."),
           warmup: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [200]."),
-          padding: Optional[str] = typer.Option(None, help="auto | zeros | circular [auto: by problem]."),
+          padding: Optional[str] = typer.Option(None, help="auto | zeros | circular \\[auto: by problem]."),
           workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [0]; 0 keeps a split "
                                                 "that fits in memory on the device."),
           compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
-                                                 help="torch.compile the network (falls back to eager) [no]."),
+                                                 help="torch.compile the network (falls back to eager) \\[no]."),
           seed: Optional[int] = typer.Option(None, min=0, help="Seed of initialisation, data order and noise [0].")):
     """Train (or resume) the teacher; Ctrl-C saves OUT/last.pt. Multi-GPU: torchrun --nproc_per_node=K."""
     from piddm_fem.teacher import train_teacher

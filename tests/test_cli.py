@@ -220,6 +220,27 @@ def test_a_bad_parameter_under_mpiexec_is_one_clean_line(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_help_texts_are_printed_whole():
+    """`--help` reads help texts as rich markup, where a bracket such as "[tiny]" is a style tag and
+    vanishes; every help text must print as written (brackets that open a word escaped as "\\[")."""
+    import typer
+    from rich.text import Text
+
+    from piddm_fem.cli.main import app
+
+    def texts(command):
+        yield command.name, command.help or ""
+        for param in command.params:
+            yield f"{command.name} {param.name}", getattr(param, "help", None) or ""
+        for sub in getattr(command, "commands", {}).values():  # a group's subcommands
+            yield from texts(sub)
+
+    found = list(texts(typer.main.get_command(app)))
+    assert any("[tiny]" in Text.from_markup(h).plain for _, h in found)  # the case this guards
+    for where, text in found:
+        assert Text.from_markup(text).plain == text.replace("\\[", "["), where
+
+
 def test_the_cli_shows_the_librarys_defaults():
     """The defaults that `--help` prints are the library's constants, not copies that can drift."""
     import inspect
@@ -234,3 +255,24 @@ def test_the_cli_shows_the_librarys_defaults():
     assert default(teacher.sample, "steps") == HEUN_STEPS
     assert default(student.sample, "lambda_infer") == LAMBDA_INFER
     assert (default(student.infer, "steps"), default(student.infer, "restarts")) == (TASK_STEPS, RESTARTS)
+
+    # the defaults written into help texts as "[value]": the teacher's TrainConfig, compare's Budget
+    import re
+
+    from piddm_fem.cli import compare
+    from piddm_fem.evaluation import Budget
+    from piddm_fem.tasks import TASK_LAMBDA
+    from piddm_fem.teacher import TrainConfig
+
+    def shown(command, name):
+        return re.search(r"\\?\[([^]]*)\]", inspect.signature(command).parameters[name].default.help).group(1)
+
+    for name in ("batch", "val_every", "lr", "warmup", "workers", "seed"):
+        assert float(shown(teacher.train, name)) == getattr(TrainConfig(), name), name
+    assert shown(teacher.train, "size") == TrainConfig().size
+    assert shown(teacher.train, "padding").startswith(TrainConfig().padding)
+    assert shown(teacher.train, "compile") == ("yes" if TrainConfig().compile else "no")
+    assert float(shown(compare.compare, "guidance_steps")) == Budget().guidance_steps
+    assert shown(compare.compare, "fno_seconds").endswith(f"else {Budget().fno_seconds:g}")
+    weights = re.fullmatch(r"the norm's: l2 (\S+), dual (\S+)", shown(student.infer, "lam")).groups()
+    assert tuple(map(float, weights)) == (TASK_LAMBDA["l2"], TASK_LAMBDA["dual"])
