@@ -21,6 +21,15 @@ from piddm_fem.progress import progress_bar
 from piddm_fem.teacher import teacher_pairs
 
 
+def stored_settings(path) -> dict:
+    """The distillation settings that made the bank at ``path`` (``DistillConfig`` names): its
+    ``pairs``, ``seed`` and ``teacher_steps``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {"pairs": f["eps"].shape[0], "seed": int(f.attrs["seed"]), "teacher_steps": int(f.attrs["num_steps"])}
+
+
 class PairBank:
     """An HDF5 pair file plus its arrays in memory (eps, x0: [N, C, S, S] float32)."""
 

@@ -36,7 +36,7 @@ from piddm_fem.edm import HEUN_STEPS, SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_f
 from piddm_fem.errors import PiddmError
 from piddm_fem.fem_solve import LinearFEMSolve
 from piddm_fem.interrupt import write_atomic
-from piddm_fem.pairs import PairBank
+from piddm_fem.pairs import PairBank, stored_settings
 from piddm_fem.progress import progress_bar
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.tasks import LAMBDA_INFER
@@ -322,15 +322,12 @@ def share_pair_bank(src_dir, dst_dir, **settings) -> bool:
     = 0 ablation), so that the teacher is not integrated twice for the same pairs: only where it
     is the bank that a run with ``settings`` (DistillConfig fields; ``pairs``, ``seed`` and
     ``teacher_steps`` matter) would make, and the new run has none. Returns whether it copied."""
-    import h5py
-
     cfg = DistillConfig(**{k: v for k, v in settings.items() if v is not None})
     src, dst = Path(src_dir) / PAIRS_FILE, Path(dst_dir) / PAIRS_FILE
     if not src.exists() or dst.exists():
         return False
-    with h5py.File(src, "r") as f:
-        same = (f["eps"].shape[0], int(f.attrs["seed"]), int(f.attrs["num_steps"])) == (
-            cfg.pairs, cfg.seed, cfg.teacher_steps)
+    stored = stored_settings(src)
+    same = stored == {k: getattr(cfg, k) for k in stored}
     if same:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
