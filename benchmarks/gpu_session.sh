@@ -4,7 +4,11 @@
 # 11's throughput rows with the time left:
 # 1. with RESIDUAL=1 only, residual-operator throughput, stencil and general paths, eager and
 #    compiled (issue 11, part 2; 30 s; measured in the eighth session, docs/results.md);
-# 2. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
+# 2. where the training step's time goes (issue 11, part 1; about 30 s): the plain and eager
+#    teacher and student steps, the eager one with cuDNN's autotuning, and a profile of the eager
+#    steps' top kernels. No GPU session has measured these yet: the compiled teacher ran at 4.4%
+#    of the bf16 peak (eighth session), and step 8's full rows come only with time left;
+# 3. the comparison (benchmarks/piddm_pipeline.py, issues 12 and 14): a teacher trained on a time
 #    budget (warm-up not counted), the PIDDM student with $LAMBDA, $STEPS steps and the regression
 #    targets $TARGETS (teacher or solved; its step at half-way is the lambda_train = 0 row), then
 #    the methods $FIRST over 3 seeds (issue 12's goals ask for 3 seeds of those). Defaults: solved
@@ -14,25 +18,25 @@
 #    within 1.02x / 1.71x, where 2e-4 without the average needs 4000 steps for 0.25x; at 3000 steps
 #    of 2e-4 on the H200 PIDDM-1 was 0.376x, still falling. `LR= EMA= STEPS=3000` is that run,
 #    `LR= EMA= TARGETS=teacher LAMBDA=5e-2 STEPS=2000` the one before;
-# 3. PIDDM-ref's samples at 8x its refinement steps, beside the teacher at 8x its steps
+# 4. PIDDM-ref's samples at 8x its refinement steps, beside the teacher at 8x its steps
 #    (benchmarks/error_vs_time.py --scales 8 --tasks none): the 0.1x goal (0.19x at the
 #    comparison's 40 steps on the H200, 0.08x at 320 on the CPU);
-# 4. PIDDM-ref's forward and inverse tasks at 4x their Adam steps (error_vs_time.py --scales 4):
+# 5. PIDDM-ref's forward and inverse tasks at 4x their Adam steps (error_vs_time.py --scales 4):
 #    the 3% and 5% goals (5.0% and 14.3% at the comparison's 100 steps on the H200; on the CPU
 #    this protocol's student recipe took the forward error from 4.2% at 100 steps to 2.8% at
 #    400, docs/results.md, twelfth session);
-# 5. every method of $METHODS over the same seeds, continuing the comparison where 2 left it;
-# 6. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
+# 6. every method of $METHODS over the same seeds, continuing the comparison where 3 left it;
+# 7. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
 #    the teacher and PIDDM-1 for `piddm validate` here;
-# 7. with the time left, training throughput, the plain path beside the fast path and each option,
+# 8. with the time left, training throughput, the plain path beside the fast path and each option,
 #    and a profile of the eager steps (issue 11, part 1; benchmarks/train_throughput.py with
 #    torch.compile);
-# 8. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
+# 9. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
 #    and batch.
 # Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
 # is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt,
 # sampling.txt, pipeline.txt, seed_rows.md, 64 samples of the teacher and of PIDDM-1 (seed 0), and
-# results.tgz with the JSON (compare, throughput, rows_seed<k> with each finished method, the
+# results.tgz with step_profile.txt, the JSON (compare, throughput, rows_seed<k> with each finished method, the
 # student's validation history student/done), compare.md (when every pass finished) and figures.
 # Rerunnable: the run stops itself at $LIMIT seconds (Ctrl-C to the pipeline, which saves its
 # state), keeps its work in $RUN (on the device machine while it stays warm), and the same command,
@@ -45,7 +49,7 @@
 # About 15 minutes in all, so: `LIMIT=540 bash benchmarks/gpu_session.sh` (timeout_s 590), then at
 # once, on the warm machine, the same with LIMIT set to what is left (about 260 s of a 15-minute
 # budget). The first call ends near the end of the distillation (resumed from its last.pt and pair
-# bank by the second); the second fits $FIRST over 3 seeds and steps 3-4, and the baselines over
+# bank by the second); the second fits $FIRST over 3 seeds and steps 4-5, and the baselines over
 # about one seed (all of them were measured over 2 seeds in the eighth session, DiffusionPDE
 # with the observation weight of 2000 steps; now it is rescaled to its 200, ninth session; and ECI
 # as a one-round variant; now it runs as its authors' code, 5x its NFE, tenth session), not
@@ -67,6 +71,10 @@ python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() 
 if [ -n "${RESIDUAL:-}" ] && [ ! -f "$RUN/residual.txt" ]; then
   timeout 60 python3 benchmarks/residual_throughput.py --operator "$DATA/darcy64.h5" --operator "$DATA/op128.h5" \
     2>&1 | tee "$RUN/residual.txt"
+fi
+if [ ! -f "$RUN/step_profile.txt" ]; then  # issue 11: where the eager GPU step's time goes (about 30 s)
+  timeout 60 python3 benchmarks/train_throughput.py --data "$DATA/darcy64.h5" --sizes "$SIZE" --batch 64 --steps 20 \
+    --warmup 10 --variants eager eager+autotune --profile --device "$DEVICE" 2>&1 | tee "$RUN/step_profile.txt"
 fi
 pipeline() {  # the teacher and the student once, then the comparison of the methods $1
   [ "$(left)" -gt 10 ] && timeout -s INT -k 20 "$(left)" python3 benchmarks/piddm_pipeline.py --data "$DATA/darcy64.h5" \

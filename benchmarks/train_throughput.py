@@ -11,7 +11,7 @@ torch.utils.flop_counter against the GPU's dense bf16 peak. torch only: the data
 residual operator, for the student) is generated beforehand with Firedrake and carried along.
 
     python benchmarks/train_throughput.py --data darcy64.h5 [--sizes tiny small] [--batch 64]
-        [--steps 60] [--warmup 15] [--compile] [--json out.json] [--profile]
+        [--steps 60] [--warmup 15] [--compile] [--json out.json] [--profile] [--variants plain eager ...]
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json")
     p.add_argument("--profile", action="store_true", help="print the top ops of the eager teacher and student steps")
+    p.add_argument("--variants", nargs="+", metavar="NAME",
+                   help="measure only these variants, named as printed without spaces (eager+autotune, eager-fused); "
+                        "plain, the ratios' base, is always measured")
     args = p.parse_args()
     device = resolve_device(args.device)
     eager = {"resident": True, "channels_last": True, "fused": device.type == "cuda", "compile": False,
@@ -123,6 +126,12 @@ def main() -> None:
     if device.type == "cuda":
         variants["eager + autotune"] = {**eager, "autotune": True}
     variants.update({f"eager - {k}": {**eager, k: False} for k in OPTIONS if eager[k]})
+    if args.variants:
+        unknown = set(args.variants) - {name.replace(" ", "") for name in variants}
+        if unknown:
+            p.error(f"unknown variant(s) {', '.join(sorted(unknown))} on {device.type}; choose from "
+                    + ", ".join(name.replace(" ", "") for name in variants))
+        variants = {name: v for name, v in variants.items() if name == "plain" or name.replace(" ", "") in args.variants}
     peak = next((v for k, v in PEAK_BF16.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
     if args.json:  # a fresh file, which every measured row is added to
         Path(args.json).write_text(json.dumps({"device": str(device), "batch": args.batch, "rows": []}))
