@@ -232,6 +232,17 @@ def _check_student(teacher_ckpt: dict, teacher_dir, student_ckpt: dict, student_
         differ = ", ".join(k for k in keys if have[k] != want[k])
         raise PiddmError(f"student {student_dir} comes from a teacher of another dataset than {teacher_dir} "
                          f"({differ} differ); pass the teacher the student was distilled from")
+    was = student_ckpt.get("teacher", {})
+    if was.get("checksum", teacher_ckpt["checksum"]) != teacher_ckpt["checksum"]:
+        raise PiddmError(f"student {student_dir} was distilled from another teacher ({was.get('path')}, step "
+                         f"{was.get('step')}) than {teacher_dir}; pass the teacher the student was distilled from")
+
+
+def made_from(setup: Setup) -> dict:
+    """What a comparison's results are made from: the dataset file's SHA-256 and the checksums of
+    the teacher and student checkpoints."""
+    return {"data": schema.digest(setup.data), "teacher": setup.teacher_ckpt["checksum"],
+            "students": {name: checkpoint.load(d, kind="student")["checksum"] for name, d in setup.students.items()}}
 
 
 def _timed(device, fn, *args):
@@ -358,11 +369,12 @@ def _seed_rows(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool)
     """``run_seed``, kept method by method in OUT/rows_seed<k>.json (the rows) and
     rows_seed<k>.npz (the fields the figures show), both written atomically after each method,
     so that an interrupted comparison resumes at its first unfinished method. A saved row is
-    reused for the same tasks, FEM check, budget and machine (timings of one table come from one
-    machine), and the same method settings."""
+    reused for the same data, teacher and students (``made_from``), tasks, FEM check, budget and
+    machine (timings of one table come from one machine), and the same method settings."""
     if setup.out_dir is None:
         return run_seed(setup, methods, seed, tasks, fem)
-    key = {"tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget), "machine": machine(setup.device)}
+    key = {"made_from": made_from(setup), "tasks": list(tasks), "fem": fem, "budget": asdict(setup.budget),
+           "machine": machine(setup.device)}
     return run_seed(setup, methods, seed, tasks, fem, done=_SavedSeed(setup.out_dir / f"rows_seed{seed}", key, methods))
 
 

@@ -40,6 +40,7 @@ class PairBank:
         self.seed, self.num_steps, self.batch = seed, num_steps, batch
         shape = (n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"])
         identity = {"seed": seed, "stream": PAIR_STREAM, "num_steps": num_steps, "teacher_step": int(ckpt["step"]),
+                    "teacher": ckpt["checksum"],
                     "problem": ckpt["problem"], "resolution": int(ckpt["resolution"])}
         if not self.path.exists():  # created whole under another name, then renamed
             self.path.parent.mkdir(parents=True, exist_ok=True)

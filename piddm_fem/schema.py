@@ -10,6 +10,7 @@ whose ``complete`` attribute is not true. Needs h5py and numpy only.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -76,6 +77,15 @@ def check_meta(where, meta: dict, channels) -> None:
     if not named <= set(channels):
         raise PiddmError(f"{where}: its metadata names channel(s) {sorted(named - set(channels))} that "
                          f"are not among {list(channels)}; regenerate the file with `piddm generate`")
+
+
+def digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a dataset file's bytes: which data a derived result was made from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def partial_path(path: str | os.PathLike) -> Path:

@@ -109,6 +109,10 @@ class Distiller:
         prev = None
         if resume:
             prev = checkpoint.load(self.out_dir / checkpoint.LAST, kind="student")
+            was = prev.get("teacher", {})
+            if was.get("checksum", self.teacher_ckpt["checksum"]) != self.teacher_ckpt["checksum"]:
+                raise PiddmError(f"{self.out_dir} was distilled from another teacher ({was.get('path')}, step "
+                                 f"{was.get('step')}); pass that teacher to resume, or distil into another --out")
             self.cfg = replace(DistillConfig(**prev["config"]["distill"]), **settings)
         else:
             if (self.out_dir / checkpoint.LAST).exists():
@@ -188,7 +192,7 @@ class Distiller:
                 "normalization": t["normalization"],
                 "config": {**t["config"], "distill": asdict(cfg or self.cfg)},
                 "teacher": {"path": str(self.teacher_path), "step": t["step"],
-                            "version": t.get("version")},
+                            "version": t.get("version"), "checksum": t["checksum"]},
                 "model": weights, "ema": ema, "optimizer": self.opt.state_dict(),
                 "step": self.step, "best_val": self.best_val, "history": self.history,
                 "pair_seconds": self.bank.generation_seconds,

@@ -83,6 +83,18 @@ def tiny_teacher(darcy_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_teacher(darcy_file, tmp_path_factory):
+    """A second tiny teacher of the same data (another seed, 2 steps): what the student, its pair
+    bank and saved comparisons must not be mistaken for."""
+    from piddm_fem.teacher import train_teacher
+
+    out = tmp_path_factory.mktemp("other_teacher")
+    train_teacher(darcy_file, out, steps=2, batch=4, size="tiny", device="cpu", progress=False,
+                  val_every=2, val_samples=2, warmup=1, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_student(darcy_file, tiny_teacher, tmp_path_factory):
     """A student distilled from the tiny teacher for a few steps, with the residual penalty."""
     from piddm_fem.student import distill

@@ -182,7 +182,8 @@ def test_fno_fits_a_linear_map():
 
 
 @pytest.mark.firedrake
-def test_pidm_finetuning_lowers_the_residual_of_the_posterior_mean(darcy_file, tiny_teacher, tmp_path):
+def test_pidm_finetuning_lowers_the_residual_of_the_posterior_mean(darcy_file, tiny_teacher, other_teacher, tmp_path):
+    from piddm_fem import checkpoint
     from piddm_fem.baselines.pidm import PIDMLoss, finetune
     from piddm_fem.evaluation import Budget, load_setup
     from piddm_fem.data import FieldDataset
@@ -204,11 +205,16 @@ def test_pidm_finetuning_lowers_the_residual_of_the_posterior_mean(darcy_file, t
     # a finished fine-tuning is reused, and reports the time it took, not the time of the reuse
     again = finetune(setup, tmp_path / "pidm", steps=30, lam=10.0, lr=1e-3, ema_decay=0.0)
     assert cost["seconds"] > 0.1 and again["seconds"] == cost["seconds"]
+    # another teacher of the same data does not resume that fine-tuning: it starts from its own weights
+    other = load_setup(darcy_file, other_teacher, budget=Budget(), device="cpu", min_test=0)
+    finetune(other, tmp_path / "pidm", steps=3, lam=10.0, lr=1e-3, ema_decay=0.0)
+    assert checkpoint.load(tmp_path / "pidm" / "last.pt")["step"] == other.teacher_ckpt["step"] + 3
 
 
 @pytest.fixture(scope="module")
 def darcy20(tmp_path_factory):
-    """20 Darcy samples at S = 17 (a test split of 2), a tiny teacher and both students."""
+    """20 Darcy samples at S = 17 (a test split of 2), a tiny teacher and both students, and
+    another teacher of the same data."""
     from piddm_fem.solvers import get_problem
     from piddm_fem.solvers.generate import generate
     from piddm_fem.student import distill, share_pair_bank
@@ -226,6 +232,8 @@ def darcy20(tmp_path_factory):
         distill(root / "teacher", data, root / name, steps=3, device="cpu", progress=False, lambda_train=lam,
                 batch=4, val_pairs=4, val_every=3, refresh=0, **bank)
     assert not share_pair_bank(root / "student", root / "other", pairs=16, teacher_steps=2)  # another size
+    train_teacher(data, root / "other_teacher", steps=2, batch=4, size="tiny", device="cpu", progress=False,
+                  val_every=2, val_samples=2, warmup=1, seed=1)
     return root
 
 
@@ -429,6 +437,9 @@ def test_compare_resumes_finished_methods(darcy20, tmp_path, monkeypatch):
     (tmp_path / "rows_seed1.json").write_text(json.dumps(saved))
     setup.budget = replace(QUICK, task_problems=3)  # another budget: computed afresh
     assert compare(setup, ["eci"], [1], figures=False)["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
+    (tmp_path / "rows_seed1.json").write_text(json.dumps(saved))
+    other = load_setup(darcy20 / "data.h5", darcy20 / "other_teacher", budget=QUICK, device="cpu", out_dir=tmp_path)
+    assert compare(other, ["eci"], [1], figures=False)["methods"][0]["tasks"]["forward"]["rel_l2_u"]["mean"] < 10
 
     # interrupted in its second method, a seed keeps its first; the rerun does the second only
     setup.budget = QUICK

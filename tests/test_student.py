@@ -215,6 +215,27 @@ def test_distillation_resumes_where_it_stopped(tiny_teacher, darcy_file, tmp_pat
     assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == [1e-3]
 
 
+def test_a_student_and_its_pairs_belong_to_one_teacher(tiny_teacher, other_teacher, darcy_file, tmp_path):
+    """Another teacher of the same data and step count is refused on resume, by the pair bank, and
+    by the comparison: each would mix one teacher's pairs or rows with another's."""
+    import shutil
+
+    from piddm_fem.evaluation import load_setup
+    from piddm_fem.student import PAIRS_FILE, distill
+
+    settings = dict(device="cpu", progress=False, lambda_train=1e-3, pairs=8, teacher_steps=2, batch=4,
+                    val_pairs=4, val_every=2, refresh=0)
+    distill(tiny_teacher, darcy_file, tmp_path / "s", 2, **settings)
+    with pytest.raises(PiddmError, match="another teacher"):
+        distill(other_teacher, darcy_file, tmp_path / "s", 4, resume=True, **settings)
+    (tmp_path / "t").mkdir()
+    shutil.copy(tmp_path / "s" / PAIRS_FILE, tmp_path / "t" / PAIRS_FILE)
+    with pytest.raises(PiddmError, match="pairs of another teacher"):
+        distill(other_teacher, darcy_file, tmp_path / "t", 2, **settings)
+    with pytest.raises(PiddmError, match="distilled from another teacher"):
+        load_setup(darcy_file, other_teacher, {"PIDDM": tmp_path / "s"}, device="cpu", min_test=0)
+
+
 def test_student_ema_is_saved_sampled_and_continued_on_resume(tiny_teacher, darcy_file, tmp_path):
     """With --ema-decay the checkpoint's "ema" is an average of the weights, which sampling loads,
     and a resumed run continues that average rather than restarting it from the weights."""

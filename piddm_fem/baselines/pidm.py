@@ -3,17 +3,21 @@ lambda ||R(E[x0|xt])||^2 added to the EDM loss, E[x0|xt] being the denoiser's ou
 training noise level, then sampled like the teacher (Heun, N_s steps).
 
 The fine-tuning reuses the teacher's training loop (``TeacherTrainer`` with ``loss_fn``) from the
-teacher's checkpoint, into OUT/pidm (resumable; a finished run is reused)."""
+teacher's checkpoint, into OUT/pidm (resumable; a finished run is reused while the teacher and the
+data are the same, OUT/pidm/source.json)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from piddm_fem import checkpoint
+from piddm_fem import checkpoint, schema
 from piddm_fem.baselines import BaseMethod
 from piddm_fem.baselines.sampling import Teacher
 from piddm_fem.edm import EDMLoss
 from piddm_fem.errors import PiddmError
+from piddm_fem.interrupt import write_atomic
 
 
 class PIDMLoss:
@@ -46,9 +50,11 @@ def finetune(setup, out_dir, steps: int, lam: float, lr: float = FINETUNE_LR, em
     from piddm_fem.teacher import TeacherTrainer
 
     start = int(setup.teacher_ckpt["step"])
-    last = out_dir / checkpoint.LAST
-    if not last.exists():
-        checkpoint.save(last, checkpoint.load(setup.teacher_dir, kind="teacher"))
+    last, source = out_dir / checkpoint.LAST, out_dir / "source.json"
+    made_from = {"teacher": setup.teacher_ckpt["checksum"], "data": schema.digest(setup.data)}
+    if not last.exists() or not source.exists() or json.loads(source.read_text()) != made_from:
+        checkpoint.save(last, checkpoint.load(setup.teacher_dir, kind="teacher"))  # (again) from this teacher
+        write_atomic(source, json.dumps(made_from))
     settings = {"lr": lr, "warmup": 0, "ema_decay": ema_decay, "val_every": max(1, steps)}
     trainer = TeacherTrainer(setup.data, out_dir, settings, setup.device, resume=True,
                              loss_fn=PIDMLoss(setup.operator, setup.normalizer, lam))
