@@ -48,7 +48,18 @@ def parse_params(items: list[str]) -> dict:
 
 ParamOption = typer.Option(None, "--param", help="Problem parameter NAME=VALUE (repeatable).")
 ForceOption = typer.Option(False, "--force", help="Run even where the memory estimate exceeds what is free.")
-INTERRUPTED = "interrupted: finished work was saved; rerun with --resume to continue"
+# what Ctrl-C leaves, by command: resumed with --resume, continued by the same command, or nothing
+RESUMED_WITH_FLAG, CONTINUED = {"generate", "teacher train", "distill"}, {"demo", "compare"}
+
+
+def interrupted(argv: list[str]) -> str:
+    """The line printed after Ctrl-C for the command in ``argv`` (sys.argv)."""
+    command = " ".join(argv[1:3]) if argv[1:2] == ["teacher"] else " ".join(argv[1:2])
+    if command in RESUMED_WITH_FLAG:
+        return "interrupted: finished work was saved; rerun the same command with --resume to continue"
+    if command in CONTINUED:
+        return "interrupted: finished work was saved; rerun the same command to continue where it stopped"
+    return "interrupted: nothing was saved"
 
 
 @app.command()
@@ -237,5 +248,5 @@ def run() -> None:
             _error(f"{exc.format_message().rstrip('.')}; see `{command} --help`")
         sys.exit(exc.exit_code)
     if code == 130:
-        console.print(INTERRUPTED)
+        console.print(interrupted(sys.argv))
     sys.exit(code if isinstance(code, int) else 0)

@@ -31,7 +31,7 @@ from torch import nn
 
 from piddm_fem import checkpoint, checks, schema
 from piddm_fem.data import Normalizer
-from piddm_fem.dual_norm import PhysicsPenalty
+from piddm_fem.dual_norm import PhysicsPenalty, check_norm
 from piddm_fem.edm import HEUN_STEPS, SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
 from piddm_fem.fem_solve import LinearFEMSolve
@@ -107,6 +107,11 @@ class Distiller:
         info = schema.check_dataset(data_path)
         checkpoint.check_compatible(self.teacher_ckpt, info, data_path)
         prev = None
+        if resume and not (self.out_dir / checkpoint.LAST).exists():
+            if not (self.out_dir / PAIRS_FILE).exists():
+                raise PiddmError(f"nothing to resume: {self.out_dir / checkpoint.LAST} does not exist; "
+                                 "drop --resume to start afresh")
+            resume = False  # interrupted while making its pairs: the run starts, its bank continues
         if resume:
             prev = checkpoint.load(self.out_dir / checkpoint.LAST, kind="student")
             was = prev.get("teacher", {})
@@ -122,6 +127,7 @@ class Distiller:
         checks.check_options(self.cfg, RANGES)
         checks.check_choice("--physics-channels", self.cfg.physics_channels, PHYSICS_CHANNELS)
         checks.check_choice("--targets", self.cfg.targets, TARGETS)
+        check_norm(self.cfg.physics_norm)
         checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
         self.normalizer = Normalizer.from_dict(self.teacher_ckpt["normalization"])
@@ -303,7 +309,14 @@ def distill(teacher_dir, data_path, out_dir, steps: int, device: str = "auto", r
     unknown = set(settings) - {f.name for f in fields(DistillConfig)}
     if unknown:
         raise TypeError(f"unknown distillation settings {sorted(unknown)}")
+    fresh = DistillConfig(**settings)
+    if not resume and fresh.lambda_train and fresh.delay_steps >= steps:
+        raise PiddmError(f"--delay {fresh.delay_steps} is not below --steps {steps}: the residual penalty would "
+                         "never start; pass a smaller --delay or more --steps")
     distiller = Distiller(teacher_dir, data_path, out_dir, settings, resolve_device(device), resume)
+    if steps < distiller.step:
+        distiller.bank.close()
+        raise PiddmError(f"--steps {steps} is below the checkpoint's step {distiller.step}; pass a larger --steps")
     return distiller.run(steps, progress)
 
 

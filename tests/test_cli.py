@@ -241,6 +241,31 @@ def test_help_texts_are_printed_whole():
         assert Text.from_markup(text).plain == text.replace("\\[", "["), where
 
 
+def test_ctrl_c_names_how_each_command_continues():
+    """After Ctrl-C the line printed names --resume only for commands that have it, and "nothing
+    was saved" for those that keep nothing."""
+    import typer
+
+    from piddm_fem.cli.main import CONTINUED, RESUMED_WITH_FLAG, app, interrupted
+
+    root = typer.main.get_command(app)
+
+    def command(name):
+        found = root
+        for word in name.split():
+            found = found.commands[word]
+        return found
+
+    for name in RESUMED_WITH_FLAG:
+        assert "resume" in [p.name for p in command(name).params], name
+        assert "--resume" in interrupted(["piddm", *name.split(), "x"])
+    for name in CONTINUED:
+        assert "resume" not in [p.name for p in command(name).params], name
+        assert interrupted(["piddm", name, "--out", "x"]).endswith("rerun the same command to continue where it stopped")
+    for argv in (["piddm", "sample", "s"], ["piddm", "teacher", "sample", "t"], ["piddm", "infer", "s"]):
+        assert interrupted(argv) == "interrupted: nothing was saved"
+
+
 def test_the_cli_shows_the_librarys_defaults():
     """The defaults that `--help` prints are the library's constants, not copies that can drift."""
     import inspect

@@ -96,7 +96,7 @@ def test_sigint_at_random_points_of_generate_keeps_every_sample_and_resumes(tmp_
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err
-        assert "interrupted: finished work was saved; rerun with --resume" in err, err
+        assert "interrupted: finished work was saved; rerun the same command with --resume" in err, err
         assert "Traceback" not in err and not out.exists()
         status = ok_samples_are_exact(partial, None)
         assert not (status == schema.STATUS_FAILED).any(), "an interrupt stored a sample as failed"

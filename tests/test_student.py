@@ -1,5 +1,6 @@
 """PIDDM distillation, refinement and tasks on a tiny teacher (torch only, plus the fixture data)."""
 
+import functools
 import shutil
 
 import h5py
@@ -172,6 +173,40 @@ def test_pair_bank_resumes_after_interruption(tiny_teacher, darcy_file, tmp_path
     (run / "pairs.h5").write_bytes(b"not hdf5" * 100)
     with pytest.raises(PiddmError, match="not a readable pair bank.*delete it"):
         PairBank(run / "pairs.h5", net, ckpt, 8, 0, 2)
+
+
+def test_a_distillation_stopped_in_its_pairs_resumes_and_bad_steps_are_refused(tiny_teacher, darcy_file, tmp_path,
+                                                                                  monkeypatch):
+    """Ctrl-C while the bank is made leaves no last.pt: --resume then starts the run and the bank
+    continues. Steps below the checkpoint's, a --delay that the run never reaches, and an unknown
+    --physics-norm are one-line errors, the last before anything is written."""
+    settings = dict(device="cpu", progress=False, lambda_train=1e-3, pairs=8, teacher_steps=2, batch=4,
+                    val_pairs=4, val_every=2, refresh=0)
+    real, calls = pairs_module.teacher_pairs, {"n": 0}
+
+    def interrupted_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairs_module, "teacher_pairs", interrupted_second_batch)
+    monkeypatch.setattr(pairs_module.PairBank, "__init__", functools.partialmethod(pairs_module.PairBank.__init__, batch=4))
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_teacher, darcy_file, tmp_path / "s", 2, **settings)
+    assert not (tmp_path / "s" / "last.pt").exists()
+    with h5py.File(tmp_path / "s" / "pairs.h5") as f:
+        assert f["done"][:].sum() == 4
+    assert distill(tiny_teacher, darcy_file, tmp_path / "s", 2, resume=True, **settings)["step"] == 2
+    with pytest.raises(PiddmError, match="--steps 1 is below the checkpoint's step 2"):
+        distill(tiny_teacher, darcy_file, tmp_path / "s", 1, resume=True, **settings)
+    with pytest.raises(PiddmError, match="nothing to resume"):
+        distill(tiny_teacher, darcy_file, tmp_path / "new", 2, resume=True, **settings)
+    with pytest.raises(PiddmError, match="--delay 2 is not below --steps 2"):
+        distill(tiny_teacher, darcy_file, tmp_path / "late", 2, delay_steps=2, **settings)
+    with pytest.raises(PiddmError, match="unknown --physics-norm 'h1'"):
+        distill(tiny_teacher, darcy_file, tmp_path / "norm", 2, physics_norm="h1", **settings)
+    assert not (tmp_path / "late").exists() and not (tmp_path / "norm").exists()
 
 
 def test_student_is_never_sampled_from_its_training_noise(tiny_student):
