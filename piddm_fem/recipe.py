@@ -15,6 +15,7 @@ from rich.console import Console
 
 from piddm_fem.checkpoint import DONE, LAST
 from piddm_fem.edm import HEUN_STEPS
+from piddm_fem.errors import PiddmError
 from piddm_fem.interrupt import write_atomic
 from piddm_fem.tasks import LAMBDA_INFER, RESTARTS
 
@@ -77,14 +78,29 @@ def run_demo(out_dir, quick: bool = False, device: str = "auto", console: Consol
     import torch
 
     from piddm_fem import checks
-    from piddm_fem.report import write_report
-    from piddm_fem.solvers import problem_names
-    from piddm_fem.student import PHYSICS_START
 
     console = console or Console(soft_wrap=True)
     cfg = QUICK if quick else DEMO
     out_dir = checks.output_dir(out_dir)
+    made_with = out_dir / "recipe.json"  # the stages skip what exists, so one folder holds one recipe
+    if made_with.exists() and json.loads(made_with.read_text()) != json.loads(json.dumps(cfg)):
+        raise PiddmError(f"{out_dir} holds a demo run made with other settings ({made_with}); pass another "
+                         f"--out, or {'drop' if quick else 'add'} --quick to continue that run")
+    write_atomic(made_with, json.dumps(cfg, indent=1))
+    threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # the learning stages use every core (OMP is 1 for PETSc)
+    try:
+        return _stages(cfg, out_dir, quick, device, console)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stages(cfg: dict, out_dir: Path, quick: bool, device: str, console: Console) -> Path:
+    """``run_demo``'s stages, each skipped where its output exists; returns the report."""
+    from piddm_fem.report import write_report
+    from piddm_fem.solvers import problem_names
+    from piddm_fem.student import PHYSICS_START
+
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
 

@@ -137,8 +137,10 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: i
 
 def build_network(ckpt_config: dict, device="cpu") -> EDMPrecond:
     """The preconditioned U-Net described by a checkpoint's ``config`` (untrained weights) on
-    ``device``, in the default float32 layout there (``memory_format``)."""
-    net = EDMPrecond(UNet(UNetConfig.from_dict(ckpt_config["net"])), ckpt_config["sigma_data"])
+    ``device``, in the default float32 layout there (``memory_format``). Its random draws leave the
+    caller's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        net = EDMPrecond(UNet(UNetConfig.from_dict(ckpt_config["net"])), ckpt_config["sigma_data"])
     return net.to(device, memory_format=memory_format(None, device))
 
 

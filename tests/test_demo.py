@@ -2,6 +2,10 @@
 
 import json
 
+import torch
+
+from piddm_fem.recipe import run_demo
+
 
 def test_quick_demo_runs_every_stage_and_resumes(cli, tmp_path):
     out = tmp_path / "demo"
@@ -25,3 +29,16 @@ def test_quick_demo_runs_every_stage_and_resumes(cli, tmp_path):
     # a second run finds every stage done and only rewrites the report
     code, stdout, _ = cli("demo", "--quick", "--out", out, "--device", "cpu")
     assert code == 0 and stdout.count("skipped") == 4
+    # the full recipe is refused in a folder of the quick one (its stages would be skipped and
+    # the report would describe a run that never happened)
+    code, _, err = cli("demo", "--out", out, "--device", "cpu")
+    assert code == 2 and "other settings" in err and "add --quick" in err and "Traceback" not in err
+
+    # run as a library function, the demo uses every core and gives the caller's thread count back
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_demo(out, quick=True, device="cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

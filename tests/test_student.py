@@ -209,6 +209,15 @@ def test_a_distillation_stopped_in_its_pairs_resumes_and_bad_steps_are_refused(t
     assert not (tmp_path / "late").exists() and not (tmp_path / "norm").exists()
 
 
+def test_loading_a_network_leaves_the_callers_random_state(tiny_student, tiny_teacher):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_teacher(tiny_teacher)
+    load_student(tiny_student)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_student_is_never_sampled_from_its_training_noise(tiny_student):
     """The bank's noise (and so the teacher samples it regresses on) is not the noise that
     `piddm sample` and every evaluation draw from, for the same seed and indices."""
