@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from piddm_fem import residual, schema
+from piddm_fem import grid, residual, schema
 from piddm_fem.residual import ResidualOperator
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     p.add_argument("--chunk-nodes", type=int, action="append", default=[],
                    help="also time the CPU stencil path on batch chunks of this many nodes")
     args = p.parse_args()
-    sizes = args.res or [64, 128]
+    sizes = [grid.check_resolution(S) for S in args.res or [64, 128]]
     if args.operator:
         for path in args.operator:
             bench(schema.read_operator(path), args.batch, chunks=args.chunk_nodes)

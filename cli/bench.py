@@ -3,7 +3,7 @@ measured side by side in one run."""
 
 from __future__ import annotations
 
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -24,6 +24,13 @@ def bench(which: str = typer.Argument("residual", help="residual | generate | sa
     script = Path(__file__).resolve().parents[1] / "benchmarks" / BENCHMARKS[which]
     if not script.exists():
         raise PiddmError(f"{script} not found; benchmarks run from a source checkout (pip install -e .)")
-    code = subprocess.call([sys.executable, str(script), *(args or [])])
-    if code:
-        raise typer.Exit(code)
+    # in this process, so that the script's bad-input errors (PiddmError) are one line like every command's
+    argv = sys.argv
+    sys.argv = [str(script), *(args or [])]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:  # argparse's usage errors (2) and the scripts' own exit codes
+        if exc.code:
+            raise typer.Exit(exc.code if isinstance(exc.code, int) else 1) from None
+    finally:
+        sys.argv = argv

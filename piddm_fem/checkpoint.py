@@ -87,6 +87,8 @@ def load(ckpt_or_dir, kind: str | None = None, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/foreign files
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "weights_only" in first:  # torch's advice to load unsafely is not ours to give
+            first = "not a file of tensors and plain values that torch.load reads safely"
         raise PiddmError(f"{path}: not a readable checkpoint ({first}); retrain or restore a good copy") from None
     missing = [k for k in REQUIRED if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED)
     if missing:

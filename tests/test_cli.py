@@ -126,9 +126,16 @@ def test_export_operator_adds_an_operator_to_any_file(cli, tmp_path, darcy_file)
     torch.testing.assert_close(op.raw(x), ResidualOperator.from_file(darcy_file).raw(x), rtol=1e-12, atol=1e-15)
 
 
-def test_bench_rejects_an_unknown_benchmark(cli):
+def test_bench_rejects_an_unknown_benchmark(cli, tmp_path):
     code, _, err = cli("bench", "nope")
     assert_one_line_error(code, err, "unknown benchmark")
+    # the scripts' own bad-input errors are one line too, not tracebacks
+    code, _, err = cli("bench", "residual", "--", "--res", "1")
+    assert_one_line_error(code, err, "resolution 1 is too small")
+    (tmp_path / "t.txt").write_text("not a checkpoint")
+    code, _, err = cli("bench", "warm-start", "--", "--student", tmp_path / "t.txt")
+    assert_one_line_error(code, err, "not a readable checkpoint")
+    assert "weights_only" not in err
 
 
 @pytest.fixture
