@@ -68,10 +68,10 @@ def solve(problem: str = typer.Argument(..., help=PROBLEM_HELP),
           seed: int = typer.Option(0, min=0, help="Seed of the coefficient draw (sample 0 of this seed)."),
           vtk: Optional[Path] = typer.Option(None, help="Directory for a ParaView .pvd file."),
           png: Optional[Path] = typer.Option(None, help="PNG figure of the fields."),
-          solver: str = typer.Option("direct", "--solver", help="direct (MUMPS LU) | krylov (CG or GMRES + GAMG)."),
+          solver: str = typer.Option("direct", "--solver", help="direct (MUMPS LU) | krylov (CG or GMRES + GAMG; GMRES + ILU for burgers)."),
           warm_start: Optional[Path] = typer.Option(
               None, "--warm-start", help="Student run directory: also solve from its prediction and compare."),
-          warm_steps: int = typer.Option(0, "--warm-steps", help="Forward-task steps of the warm start (0: one student call)."),
+          warm_steps: int = typer.Option(0, "--warm-steps", min=0, help="Forward-task steps of the warm start (0: one student call)."),
           param: list[str] = ParamOption, force: bool = ForceOption):
     """One Firedrake solve: timing, residual, optional figure and VTK output; with --warm-start,
     the same sample solved cold (u = 0) and from the student's prediction."""

@@ -30,7 +30,7 @@ class Burgers(Problem):
     default_params = {"nu": 0.01, "delta": 0.0, "alpha": 2.0, "tau": 5.0, "sigma": 12.5}
     param_ranges = {"nu": "(0, inf)", "delta": "[0, inf)", "alpha": "(0, inf)", "tau": "[0, inf)",
                     "sigma": "[0, inf)"}
-    linear, spd = False, False
+    linear, spd, multigrid = False, False, False
     axes = ("x", "t")
     boundary = ("dirichlet", "open")
     dirichlet, data = ("x0", "x1"), ("y0",)

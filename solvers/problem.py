@@ -4,7 +4,7 @@ A problem is a weak form F(u, coefficients; v) = 0 for one unknown grid channel 
 square, discretised with Q1 on the structured quadrilateral mesh whose vertices are the grid. The
 form is any UFL expression in the fields; linear problems are solved in one linear solve, nonlinear
 ones (``linear = False``, e.g. reaction_diffusion) with Newton line search. Each has a "direct"
-(MUMPS LU) and a "krylov" (CG or GMRES + GAMG) recipe, defined once here.
+(MUMPS LU) and a "krylov" (CG or GMRES + GAMG, or GMRES + ILU) recipe, defined once here.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ CG_GAMG = {"ksp_type": "cg", "pc_type": "gamg", "ksp_norm_type": "unprecondition
            "ksp_rtol": 1e-6, "ksp_max_it": 1000}
 GMRES_GAMG = {"ksp_type": "gmres", "pc_type": "gamg", "ksp_pc_side": "right", "ksp_rtol": 1e-6,
               "ksp_max_it": 1000}
+# Where algebraic multigrid fails (transport-dominated Jacobians: space-time Burgers stalls at 1000
+# GMRES + GAMG iterations), incomplete LU per process block.
+GMRES_ILU = {**GMRES_GAMG, "pc_type": "bjacobi", "sub_pc_type": "ilu"}
 SOLVERS = ("direct", "krylov")
 SIDES = {"x0": 1, "x1": 2, "y0": 3, "y1": 4}  # Firedrake's UnitSquareMesh boundary ids
 
@@ -58,6 +61,7 @@ class Problem:
     param_ranges: dict = {}
     linear: bool = True
     spd: bool = True  # symmetric positive definite Jacobian: CG applies ("krylov" solver)
+    multigrid: bool = True  # GAMG preconditions the "krylov" solver, else GMRES_ILU
     boundary: tuple[str, str] = ("dirichlet", "dirichlet")  # per axis (x, y), stored in datasets
     # Where the unknown is prescribed: ``dirichlet`` sides take ``boundary_value``; on ``data``
     # sides (e.g. t = 0 of a space-time problem) the unknown is an input, drawn by
@@ -133,7 +137,8 @@ class Problem:
         return self.parameters_for("direct")
 
     def parameters_for(self, solver: str) -> dict:
-        """PETSc options for ``solver``: "direct" (MUMPS LU) or "krylov" (CG or GMRES + GAMG);
+        """PETSc options for ``solver``: "direct" (MUMPS LU) or "krylov" (CG or GMRES + GAMG, GMRES + ILU
+        without ``multigrid``);
         one linear solve for linear problems, Newton with line search for nonlinear ones."""
         if solver not in SOLVERS:
             raise PiddmError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -141,5 +146,5 @@ class Problem:
         if solver == "krylov":
             for key in ("ksp_type", "pc_type", "pc_factor_mat_solver_type"):
                 params.pop(key)
-            params.update(CG_GAMG if self.spd else GMRES_GAMG)
+            params.update(CG_GAMG if self.spd else GMRES_GAMG if self.multigrid else GMRES_ILU)
         return params

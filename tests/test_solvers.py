@@ -149,7 +149,7 @@ def test_nonlinear_newton_needs_five_iterations_cold_and_fewer_warm():
 
 
 @pytest.mark.parametrize("name, ksp", [("darcy", "cg"), ("poisson", "cg"), ("helmholtz", "gmres"),
-                                       ("reaction_diffusion", "cg")])
+                                       ("reaction_diffusion", "cg"), ("burgers", "gmres")])
 def test_krylov_solver_agrees_with_direct_and_stops_relative_to_the_load(name, ksp):
     disc, coefficients, direct, _, guess = _solution_and_guess(name, "direct", S=33)
     fields, cold = disc.solve(coefficients, solver="krylov")
