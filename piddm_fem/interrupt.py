@@ -21,12 +21,15 @@ _requested = False
 
 
 def write_atomic(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: an interruption leaves the
-    old file or the new one, never half of one."""
+    """Write ``text`` to ``path`` through a temporary file (one per process and thread, removed on
+    failure) and a rename: an interruption leaves the old file or the new one, never half of one."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -137,7 +137,21 @@ def _open(path: Path, mode: str = "r"):
         ) from None
 
 
+def malformed(path, exc: Exception, what: str = "attributes") -> PiddmError:
+    """The one-line error for a file whose piddm-fem attributes or groups cannot be parsed."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return PiddmError(f"{path}: malformed piddm-fem {what} ({type(exc).__name__}: {first}); "
+                      "regenerate the file with `piddm generate` (or `piddm export-operator`)")
+
+
 def _info_from_attrs(path: Path, f, partial: bool = False) -> DatasetInfo:
+    try:
+        return _parse_info(path, f, partial)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise malformed(path, exc) from None
+
+
+def _parse_info(path: Path, f, partial: bool) -> DatasetInfo:
     attrs = f.attrs
     missing = [k for k in ("problem", "channels", "resolution", "schema_version") if k not in attrs]
     if missing or "fields" not in f:
@@ -417,17 +431,23 @@ def read_operator(path: str | os.PathLike) -> dict | None:
     with _open(path) as f:
         if OPERATOR_GROUP not in f:
             return None
-        g = f[OPERATOR_GROUP]
-        a = g.attrs
-        return {
-            "problem": str(a["problem"]), "params": json.loads(a["params"]),
-            "resolution": int(a["resolution"]), "channels": json.loads(a["channels"]),
-            "unknown": int(a["unknown"]),
-            **{name: g[name][:] for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values")},
-            # operators exported before data sides existed have none
-            "data_mask": g["data_mask"][:] if "data_mask" in g else np.zeros_like(g["bc_mask"][:]),
-            # older operators do not say whether their cells are the structured grid's: general path
-            "structured": bool(a.get("structured", False)),
-            "terms": [(tuple(int(c) for c in g[f"term{n}"].attrs["channels"]), g[f"term{n}"][:])
-                      for n in range(int(a["n_terms"]))],
-        }
+        try:
+            return _parse_operator(f[OPERATOR_GROUP])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise malformed(path, exc, "operator") from None
+
+
+def _parse_operator(g) -> dict:
+    a = g.attrs
+    return {
+        "problem": str(a["problem"]), "params": json.loads(a["params"]),
+        "resolution": int(a["resolution"]), "channels": json.loads(a["channels"]),
+        "unknown": int(a["unknown"]),
+        **{name: g[name][:] for name in ("connectivity", "lumped_mass", "bc_mask", "bc_values")},
+        # operators exported before data sides existed have none
+        "data_mask": g["data_mask"][:] if "data_mask" in g else np.zeros_like(g["bc_mask"][:]),
+        # older operators do not say whether their cells are the structured grid's: general path
+        "structured": bool(a.get("structured", False)),
+        "terms": [(tuple(int(c) for c in g[f"term{n}"].attrs["channels"]), g[f"term{n}"][:])
+                  for n in range(int(a["n_terms"]))],
+    }

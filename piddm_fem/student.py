@@ -347,7 +347,9 @@ def share_pair_bank(src_dir, dst_dir, **settings) -> bool:
     same = stored == {k: getattr(cfg, k) for k in stored}
     if same:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, dst)
+        partial = dst.with_name(dst.name + ".partial")  # an interrupted copy leaves no truncated bank
+        shutil.copy(src, partial)
+        partial.replace(dst)
     return same
 
 

@@ -84,6 +84,57 @@ def test_files_marked_incomplete_are_refused_everywhere(cli, tmp_path, darcy_fil
     assert not (tmp_path / "t" / "last.pt").exists() and not (tmp_path / "s" / "last.pt").exists()
 
 
+def test_atomic_writes_from_several_threads_and_a_failed_write_leave_no_debris(tmp_path):
+    """write_atomic's temporary file is per writer: threads writing the same file (the saved rows
+    of a comparison, a progress file) never rename each other's file away; a failed write leaves
+    the old content and no temporary file."""
+    import threading
+
+    from piddm_fem.interrupt import write_atomic
+
+    target, errors = tmp_path / "rows.json", []
+
+    def writer(k):
+        try:
+            for n in range(200):
+                write_atomic(target, f"{k} {n}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and target.read_text().endswith(" 199")
+    with pytest.raises(TypeError):
+        write_atomic(target, 5)
+    assert target.read_text().endswith(" 199") and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_malformed_attributes_are_one_line_errors(cli, tmp_path, darcy_file):
+    """Hand-edited or foreign attributes (bad JSON, a non-number, a missing key, a missing operator
+    term) are named in one line, never a traceback."""
+    import json
+
+    def edited(name, edit):
+        path = tmp_path / f"{name}.h5"
+        shutil.copy(darcy_file, path)
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        return path
+
+    meta = json.loads(h5py.File(darcy_file, "r").attrs["meta"])
+    del meta["unknown"]
+    cases = {"params": lambda f: f.attrs.__setitem__("params", "not json"),
+             "resolution": lambda f: f.attrs.__setitem__("resolution", "abc"),
+             "meta": lambda f: f.attrs.__setitem__("meta", json.dumps(meta)),
+             "term0": lambda f: f.__delitem__(f"{schema.OPERATOR_GROUP}/term0")}
+    for name, edit in cases.items():
+        code, _, err = cli("validate", edited(name, edit))
+        assert_one_line_error(code, err, "malformed piddm-fem")
+
+
 def test_sigint_at_random_points_of_generate_keeps_every_sample_and_resumes(tmp_path):
     out = tmp_path / "int.h5"
     partial, lock = schema.partial_path(out), out.with_name("int.h5.lock")
