@@ -17,6 +17,7 @@ class Darcy(Problem):
     fd_residual = "-(a * lap(u) + dx(a) * dx(u) + dy(a) * dy(u)) - f"
     default_params = {"f": 1.0, "a_high": 12.0, "a_low": 3.0, "alpha": 2.0, "tau": 3.0}
     param_ranges = {**GRF_RANGES, "a_high": "(0, inf)", "a_low": "(0, inf)"}
+    ordered = (("a_low", "a_high"),)  # the binary coefficient's two values, thresholded between them
 
     def form(self, fields, v):
         a, u = fields["a"], fields["u"]

@@ -51,14 +51,16 @@ class Problem:
     ``form`` and ``sample_coefficients``; the rest has defaults.
 
     ``param_ranges`` maps a parameter to the interval it must lie in, written like "(0, inf)" or
-    "[0, 1]"; a parameter without an entry must be a finite number. Every value is checked when
-    the problem is built, before any file is written."""
+    "[0, 1]"; a parameter without an entry must be a finite number; ``ordered`` lists (low, high)
+    pairs that must satisfy low < high. Every value is checked when the problem is built, before
+    any file is written."""
 
     name: str = ""
     channels: tuple[str, ...] = ()
     unknown: str = "u"
     default_params: dict = {}
     param_ranges: dict = {}
+    ordered: tuple[tuple[str, str], ...] = ()  # (low, high) parameter pairs with low < high
     linear: bool = True
     spd: bool = True  # symmetric positive definite Jacobian: CG applies ("krylov" solver)
     multigrid: bool = True  # GAMG preconditions the "krylov" solver, else GMRES_ILU
@@ -83,6 +85,11 @@ class Problem:
         self.params = {**self.default_params, **params}
         for key, value in self.params.items():
             check_range(key, value, self.param_ranges.get(key, "(-inf, inf)"), f"problem {self.name!r}")
+        for low, high in self.ordered:
+            if not self.params[low] < self.params[high]:
+                raise PiddmError(f"problem {self.name!r}: {low} = {self.params[low]:g} must be below {high} = "
+                                 f"{self.params[high]:g}; e.g. --param {low}={self.default_params[low]:g} "
+                                 f"--param {high}={self.default_params[high]:g}")
 
     @property
     def coefficients(self) -> tuple[str, ...]:

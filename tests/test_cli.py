@@ -181,6 +181,7 @@ def test_bad_values_and_outputs_are_refused_before_any_work(cli, tmp_path, darcy
         ((*gen, "--out", x, "--param", "tau=0"), ("tau=0.0 is outside (0, inf)",)),
         (("solve", "helmholtz", "--param", "k=nan"), ("k=nan",)),
         (("solve", "darcy", "--param", "a_low=-3"), ("a_low=-3.0", "(0, inf)")),
+        (("solve", "darcy", "--param", "a_low=12"), ("a_low = 12 must be below a_high = 12",)),
         (("teacher", "train", darcy_file, "--out", tmp_path / "t0", "--batch", "0"), ("--batch=0",)),
         ((*gen, "--out", a_dir, "--overwrite"), ("is a directory",)),
         (("demo", "--quick", "--out", a_file), ("is a file",)),
