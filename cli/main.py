@@ -84,7 +84,7 @@ def solve(problem: str = typer.Argument(..., help=PROBLEM_HELP),
     prob = get_problem(problem, **parse_params(param))
     prob.parameters_for(solver)  # an unknown --solver fails before any work
     check_memory(S, force)
-    vtk, png = vtk and checks.output_dir(vtk), png and checks.output_file(png)
+    vtk, png = vtk and checks.output_dir(vtk), png and checks.output_file(png, example="u.png")
     surrogate = None
     t0 = time.perf_counter()
     if warm_start is not None:  # the student's Problem and grid are the solve's
@@ -157,7 +157,7 @@ def validate(file: Path = typer.Argument(..., help="Any file in the dataset sche
         checks.check_range("--max-residual", max_residual, "[0, inf)")
     checks.check_range("--show", show, "[0, inf)")
     if json_out:
-        checks.output_file(json_out)
+        checks.output_file(json_out, example="report.json")
     report = validate_file(file, max_residual)
     summary = report["summary"]
     table = Table(title=f"{file}: {report['problem']} S={report['resolution']} ({report['source']})")

@@ -103,7 +103,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     if out_path is not None:
         schema.check_output(out_path, overwrite)
     if json_out is not None:
-        checks.output_file(json_out, overwrite)
+        checks.output_file(json_out, overwrite, example="result.json")
     if lam is not None:
         checks.check_range("--lambda", lam, "[0, inf)")
     checks.check_range("--noise", noise, "[0, 1)")

@@ -46,12 +46,13 @@ def _probe(directory: Path, target: Path) -> None:
                          "choose a writable location") from None
 
 
-def output_file(path, overwrite: bool | None = None) -> Path:
+def output_file(path, overwrite: bool | None = None, example: str = "out.h5") -> Path:
     """Check, before any work, that ``path`` can be written as a file: not a directory, its
-    folder creatable and writable, and (unless ``overwrite`` is None) absent or ``overwrite``."""
+    folder creatable and writable, and (unless ``overwrite`` is None) absent or ``overwrite``;
+    ``example`` is the file name the error suggests inside a directory given instead."""
     path = Path(path)
     if path.is_dir():
-        raise PiddmError(f"{path} is a directory; give a file name, e.g. {path / 'out.h5'}")
+        raise PiddmError(f"{path} is a directory; give a file name, e.g. {path / example}")
     if overwrite is False and path.exists():
         raise PiddmError(f"{path} exists; pass --overwrite to replace it")
     _probe(path.parent, path)

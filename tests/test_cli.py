@@ -186,6 +186,7 @@ def test_bad_values_and_outputs_are_refused_before_any_work(cli, tmp_path, darcy
         ((*gen, "--out", a_dir, "--overwrite"), ("is a directory",)),
         (("demo", "--quick", "--out", a_file), ("is a file",)),
         (("solve", "darcy", "--res", "9", "--vtk", a_file), ("is a file",)),
+        (("solve", "darcy", "--res", "9", "--png", a_dir), ("is a directory", "u.png")),
         (("validate", darcy_file, "--max-residual", "-1"), ("--max-residual=-1.0",)),
         (("validate", darcy_file, "--max-residual", "nan"), ("--max-residual=nan",)),
         (("distill", tiny_teacher, "--data", darcy_file, "--out", tmp_path / "s", "--lambda-train", "-1"),

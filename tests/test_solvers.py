@@ -100,7 +100,7 @@ def test_diverged_solve_is_recorded_as_failed(tmp_path):
     from piddm_fem.solvers.generate import generate
 
     class SingularDarcy(Darcy):
-        param_ranges = {}  # a = 0 lies outside Darcy's declared range; here it is the point
+        param_ranges, ordered = {}, ()  # a = 0 lies outside Darcy's declared ranges; here it is the point
 
     problem = SingularDarcy(a_high=0.0, a_low=0.0)  # singular operator
     path = tmp_path / "bad.h5"
