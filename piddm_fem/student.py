@@ -35,7 +35,7 @@ from piddm_fem.dual_norm import PhysicsPenalty, check_norm
 from piddm_fem.edm import HEUN_STEPS, SIGMA_MAX, VAL_STREAM, EDMPrecond, noise_for_indices, sigma_steps
 from piddm_fem.errors import PiddmError
 from piddm_fem.fem_solve import LinearFEMSolve
-from piddm_fem.interrupt import write_atomic
+from piddm_fem.interrupt import deferred, write_atomic
 from piddm_fem.pairs import PairBank, stored_settings
 from piddm_fem.progress import progress_bar
 from piddm_fem.residual import ResidualOperator
@@ -228,10 +228,11 @@ class Distiller:
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
-                    self.opt.step()
-                    self.step += 1
-                    if self.ema is not None:
-                        update_ema(self.ema, self.student.net, cfg.ema_decay, self.step)
+                    with deferred():  # Ctrl-C waits for the update, its count and the EMA
+                        self.opt.step()
+                        self.step += 1
+                        if self.ema is not None:
+                            update_ema(self.ema, self.student.net, cfg.ema_decay, self.step)
                     if cfg.refresh and self.step % cfg.refresh == 0:
                         self.bank.refresh(cfg.refresh_fraction, np.random.default_rng([cfg.seed, self.step]))
                         bank = self._resident_bank()

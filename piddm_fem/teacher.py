@@ -26,6 +26,7 @@ from piddm_fem.data import (DEFAULT_FRACTIONS, FieldDataset, InfiniteSampler, No
                             compute_normalizer, open_dataset)
 from piddm_fem.edm import HEUN_STEPS, SAMPLE_STREAM, SIGMA_DATA, EDMLoss, EDMPrecond, heun_sample, noise_for_indices
 from piddm_fem.errors import PiddmError
+from piddm_fem.interrupt import deferred
 from piddm_fem.progress import progress_bar
 from piddm_fem.unet import UNet, UNetConfig, padding_for, preset
 
@@ -282,9 +283,10 @@ class TeacherTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
-        self.opt.step()
-        self.step += 1
-        update_ema(self.ema, self.net, self.cfg.ema_decay, self.step)
+        with deferred():  # Ctrl-C waits for the update, its count and the EMA: a resume repeats no step
+            self.opt.step()
+            self.step += 1
+            update_ema(self.ema, self.net, self.cfg.ema_decay, self.step)
         return loss.detach()
 
     @torch.no_grad()

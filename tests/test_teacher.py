@@ -172,6 +172,34 @@ def test_ctrl_c_saves_last_and_resumes(data, tmp_path, monkeypatch):
     assert train_teacher(data, tmp_path, steps=5, resume=True, device="cpu", progress=False)["step"] == 5
 
 
+def test_a_signal_inside_the_update_lands_after_it_and_the_resume_repeats_no_step(data, tmp_path, monkeypatch):
+    """SIGINT delivered inside the optimizer's update: the update, its step count and the EMA finish
+    together before the run stops, so the resumed run equals an uninterrupted one."""
+    import os
+    import signal
+
+    straight = TeacherTrainer(data, tmp_path / "a", dict(FAST, val_every=100), torch.device("cpu"))
+    straight.run(6, progress=False)
+    trainer = TeacherTrainer(data, tmp_path / "b", dict(FAST, val_every=100), torch.device("cpu"))
+    update = trainer.opt.step
+
+    def signalled(*args, **kwargs):
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.opt, "step", signalled)
+    stats = trainer.run(6, progress=False)
+    assert stats["interrupted"] and stats["step"] == 4
+    saved = checkpoint.load(tmp_path / "b" / "last.pt")
+    assert saved["step"] == 4
+    train_teacher(data, tmp_path / "b", steps=6, resume=True, device="cpu", progress=False)
+    resumed = checkpoint.load(tmp_path / "b" / "last.pt")
+    for name, value in straight.net.state_dict().items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(resumed["ema"][name], straight.ema.state_dict()[name], rtol=1e-5, atol=1e-6)
+
+
 def test_start_and_resume_errors(trained, data, tmp_path):
     out, _ = trained
     with pytest.raises(PiddmError, match="--resume"):
