@@ -117,13 +117,6 @@ def test_malformed_attributes_are_one_line_errors(cli, tmp_path, darcy_file):
     term) are named in one line, never a traceback."""
     import json
 
-    def edited(name, edit):
-        path = tmp_path / f"{name}.h5"
-        shutil.copy(darcy_file, path)
-        with h5py.File(path, "r+") as f:
-            edit(f)
-        return path
-
     meta = json.loads(h5py.File(darcy_file, "r").attrs["meta"])
     del meta["unknown"]
     cases = {"params": lambda f: f.attrs.__setitem__("params", "not json"),
@@ -131,7 +124,7 @@ def test_malformed_attributes_are_one_line_errors(cli, tmp_path, darcy_file):
              "meta": lambda f: f.attrs.__setitem__("meta", json.dumps(meta)),
              "term0": lambda f: f.__delitem__(f"{schema.OPERATOR_GROUP}/term0")}
     for name, edit in cases.items():
-        code, _, err = cli("validate", edited(name, edit))
+        code, _, err = cli("validate", _edited_copy(darcy_file, tmp_path, name, edit))
         assert_one_line_error(code, err, "malformed piddm-fem")
 
 
@@ -317,14 +310,19 @@ def test_a_checkpoint_without_checksum_says_so(cli, tmp_path, tiny_teacher):
     assert_one_line_error(code, err, str(ckpt), "written without a checksum")
 
 
+def _edited_copy(darcy_file, tmp_path, name, edit):
+    """tmp_path/<name>.h5: a copy of the dataset with ``edit(h5py.File)`` applied."""
+    path = tmp_path / f"{name}.h5"
+    shutil.copy(darcy_file, path)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
 def _bad_copies(darcy_file, tmp_path):
     """Copies of a good dataset, each with one fault `teacher train` used to accept."""
     def copy(name, edit):
-        path = tmp_path / f"{name}.h5"
-        shutil.copy(darcy_file, path)
-        with h5py.File(path, "r+") as f:
-            edit(f)
-        return path
+        return _edited_copy(darcy_file, tmp_path, name, edit)
 
     def nan(f):
         f["fields"][2, 1, 5, 5] = np.nan

@@ -133,8 +133,9 @@ def test_forward_task_dual_penalty_pulls_u_towards_the_solution(tiny_student, da
         u_error(norm="h1")
 
 
-def test_pair_bank_resumes_after_interruption(tiny_teacher, darcy_file, tmp_path, monkeypatch):
-    net, ckpt = load_teacher(tiny_teacher)
+def interrupt_second_pair_batch(monkeypatch):
+    """The pair bank's second call of the teacher raises KeyboardInterrupt (Ctrl-C while the bank is
+    made); returns the real function."""
     real, calls = pairs_module.teacher_pairs, {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -144,6 +145,12 @@ def test_pair_bank_resumes_after_interruption(tiny_teacher, darcy_file, tmp_path
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pairs_module, "teacher_pairs", flaky)
+    return real
+
+
+def test_pair_bank_resumes_after_interruption(tiny_teacher, darcy_file, tmp_path, monkeypatch):
+    net, ckpt = load_teacher(tiny_teacher)
+    real = interrupt_second_pair_batch(monkeypatch)
     bank = PairBank(tmp_path / "p.h5", net, ckpt, 8, 0, 2, batch=4)
     with pytest.raises(KeyboardInterrupt):
         bank.fill(progress=False)
@@ -182,15 +189,7 @@ def test_a_distillation_stopped_in_its_pairs_resumes_and_bad_steps_are_refused(t
     --physics-norm are one-line errors, the last before anything is written."""
     settings = dict(device="cpu", progress=False, lambda_train=1e-3, pairs=8, teacher_steps=2, batch=4,
                     val_pairs=4, val_every=2, refresh=0)
-    real, calls = pairs_module.teacher_pairs, {"n": 0}
-
-    def interrupted_second_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pairs_module, "teacher_pairs", interrupted_second_batch)
+    interrupt_second_pair_batch(monkeypatch)
     monkeypatch.setattr(pairs_module.PairBank, "__init__", functools.partialmethod(pairs_module.PairBank.__init__, batch=4))
     with pytest.raises(KeyboardInterrupt):
         distill(tiny_teacher, darcy_file, tmp_path / "s", 2, **settings)
