@@ -137,7 +137,7 @@ def _open(path: Path, mode: str = "r"):
         ) from None
 
 
-def malformed(path, exc: Exception, what: str = "attributes") -> PiddmError:
+def _malformed(path, exc: Exception, what: str = "attributes") -> PiddmError:
     """The one-line error for a file whose piddm-fem attributes or groups cannot be parsed."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return PiddmError(f"{path}: malformed piddm-fem {what} ({type(exc).__name__}: {first}); "
@@ -148,7 +148,7 @@ def _info_from_attrs(path: Path, f, partial: bool = False) -> DatasetInfo:
     try:
         return _parse_info(path, f, partial)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise malformed(path, exc) from None
+        raise _malformed(path, exc) from None
 
 
 def _parse_info(path: Path, f, partial: bool) -> DatasetInfo:
@@ -434,7 +434,7 @@ def read_operator(path: str | os.PathLike) -> dict | None:
         try:
             return _parse_operator(f[OPERATOR_GROUP])
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise malformed(path, exc, "operator") from None
+            raise _malformed(path, exc, "operator") from None
 
 
 def _parse_operator(g) -> dict:
