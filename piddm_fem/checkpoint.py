@@ -106,6 +106,12 @@ def load(ckpt_or_dir, kind: str | None = None, map_location="cpu") -> dict:
     return ckpt
 
 
+def distilled_from(student: dict, teacher: dict) -> bool:
+    """Whether the student checkpoint was distilled from this teacher checkpoint (by its checksum;
+    students from before the record are taken to be)."""
+    return student.get("teacher", {}).get("checksum", teacher["checksum"]) == teacher["checksum"]
+
+
 def meta(ckpt: dict) -> dict:
     """The problem metadata the checkpoint was trained with (defaults for older checkpoints)."""
     return ckpt.get("meta") or schema.default_meta(ckpt["problem"], list(ckpt["channels"]))

@@ -89,6 +89,12 @@ def check_options(config, ranges: dict) -> None:
         check_range(option, getattr(config, name), spec)
 
 
+def steps_reach(steps: int, reached: int) -> None:
+    """The one-line error when a run's ``--steps`` is below the step its checkpoint has reached."""
+    if steps < reached:
+        raise PiddmError(f"--steps {steps} is below the checkpoint's step {reached}; pass a larger --steps")
+
+
 def check_choice(option: str, value, allowed) -> None:
     """The one-line error naming ``option`` when ``value`` is not one of ``allowed``."""
     if value not in allowed:

@@ -232,8 +232,8 @@ def _check_student(teacher_ckpt: dict, teacher_dir, student_ckpt: dict, student_
         differ = ", ".join(k for k in keys if have[k] != want[k])
         raise PiddmError(f"student {student_dir} comes from a teacher of another dataset than {teacher_dir} "
                          f"({differ} differ); pass the teacher the student was distilled from")
-    was = student_ckpt.get("teacher", {})
-    if was.get("checksum", teacher_ckpt["checksum"]) != teacher_ckpt["checksum"]:
+    if not checkpoint.distilled_from(student_ckpt, teacher_ckpt):
+        was = student_ckpt["teacher"]
         raise PiddmError(f"student {student_dir} was distilled from another teacher ({was.get('path')}, step "
                          f"{was.get('step')}) than {teacher_dir}; pass the teacher the student was distilled from")
 

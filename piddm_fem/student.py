@@ -114,8 +114,8 @@ class Distiller:
             resume = False  # interrupted while making its pairs: the run starts, its bank continues
         if resume:
             prev = checkpoint.load(self.out_dir / checkpoint.LAST, kind="student")
-            was = prev.get("teacher", {})
-            if was.get("checksum", self.teacher_ckpt["checksum"]) != self.teacher_ckpt["checksum"]:
+            if not checkpoint.distilled_from(prev, self.teacher_ckpt):
+                was = prev["teacher"]
                 raise PiddmError(f"{self.out_dir} was distilled from another teacher ({was.get('path')}, step "
                                  f"{was.get('step')}); pass that teacher to resume, or distil into another --out")
             self.cfg = replace(DistillConfig(**prev["config"]["distill"]), **settings)
@@ -316,8 +316,8 @@ def distill(teacher_dir, data_path, out_dir, steps: int, device: str = "auto", r
                          "never start; pass a smaller --delay or more --steps")
     distiller = Distiller(teacher_dir, data_path, out_dir, settings, resolve_device(device), resume)
     if steps < distiller.step:
-        distiller.bank.close()
-        raise PiddmError(f"--steps {steps} is below the checkpoint's step {distiller.step}; pass a larger --steps")
+        distiller.bank.close()  # the bank file stays usable by the next run
+    checks.steps_reach(steps, distiller.step)
     return distiller.run(steps, progress)
 
 

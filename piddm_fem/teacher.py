@@ -371,8 +371,7 @@ def train_teacher(data_path, out_dir, steps: int, batch: int | None = None, size
     given = {k: v for k, v in dict(settings, batch=batch, size=size).items() if v is not None}
     with distributed(device) as (rank, world, dev):
         trainer = TeacherTrainer(data_path, out_dir, given, dev, resume=resume, rank=rank, world=world)
-        if steps < trainer.step:
-            raise PiddmError(f"--steps {steps} is below the checkpoint's step {trainer.step}; pass a larger --steps")
+        checks.steps_reach(steps, trainer.step)
         return trainer.run(steps, progress=progress)
 
 
