@@ -3,8 +3,8 @@ the same factor, and the curves of error against wall-clock (issue 12: where a g
 the trade-off found).
 
 Each scale s multiplies the teacher's Heun steps N_s (teacher, ECI, direct's start), the guided
-samplers' steps (DiffusionPDE, DPS; DiffusionPDE's observation weight follows its steps,
-``Budget.observation_weight``), PIDDM-ref's refinement steps and the task optimisation steps
+samplers' steps (DiffusionPDE, DPS; DiffusionPDE's observation weight follows its steps where the
+problem has no published weights, ``guidance.observation_weights``), PIDDM-ref's refinement steps and the task optimisation steps
 (PIDDM-ref, lambda = 0, direct); PIDDM-1 (one call) has no knob and is one point. Every method gets
 the same factors: none is tuned more than another. OUT/scale_<s>/ holds each comparison (resumed
 method by method after an interruption), OUT/error_vs_time.png the curves (samples: residual

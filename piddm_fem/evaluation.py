@@ -52,7 +52,6 @@ def cannot(method: str, task: str, can: tuple) -> PiddmError:
 
 
 GUIDED_STEPS = 2000  # DiffusionPDE's Heun steps
-ZETA_OBS_2000 = 5.0  # DiffusionPDE's Darcy observation weight at its GUIDED_STEPS
 
 
 @dataclass
@@ -64,7 +63,7 @@ class Budget:
     task_problems: int = 8      # test problems per task and seed
     heun_steps: int = HEUN_STEPS  # N_s of the teacher (and of PIDM, ECI, the guided samplers' default)
     guidance_steps: int = 200   # Heun steps of DiffusionPDE / DPS guidance (their default 2000)
-    zeta_obs: float | None = None  # DiffusionPDE's observation weight (None: ``observation_weight``'s rule)
+    zeta_obs: float | None = None  # DiffusionPDE's observation weight, every channel (None: ``observation_weights``'s rule)
     zeta_pde: float = 1.0       # weight of the relative residual of E[x0|xt] (docs/baselines.md)
     pde_from: float = 0.8       # guidance adds the PDE term after this fraction of the steps
     refine_steps: int = 40      # PIDDM-ref
@@ -83,16 +82,6 @@ class Budget:
 
     def __post_init__(self):  # every budget, however made (defaults, replace, a caller's), is checked
         checks.check_options(self, BUDGET_RANGES)
-
-    @property
-    def observation_weight(self) -> float:
-        """zeta_obs of the guided samplers: the budget's, or DiffusionPDE's Darcy value, 5 per step
-        of its 2000-step sampler, times sqrt(2000 / guidance_steps). The exponent 1/2 was chosen
-        on 16 validation problems from 0 (their 5 at any step count), 1/2 and 1 (the same total
-        pull) as the only one better than 0 on every task (docs/baselines.md)."""
-        if self.zeta_obs is not None:
-            return self.zeta_obs
-        return ZETA_OBS_2000 * (GUIDED_STEPS / self.guidance_steps) ** 0.5
 
 
 # what each setting may be, named as `piddm compare` spells the ones it takes

@@ -66,7 +66,7 @@ def default_meta(problem: str, channels) -> dict:
     channel where there is no "u"), no binary channels, the default tasks."""
     unknown = "u" if "u" in channels else channels[-1]
     return {"display_name": problem, "axes": ["x", "y"], "unknown": unknown, "thresholds": {},
-            "tasks": default_tasks(channels, unknown), "fd_residual": None}
+            "tasks": default_tasks(channels, unknown), "fd_residual": None, "diffusionpde_observation": None}
 
 
 def check_meta(where, meta: dict, channels) -> None:

@@ -17,6 +17,9 @@ class Darcy(Problem):
     fd_residual = "-(a * lap(u) + dx(a) * dx(u) + dy(a) * dy(u)) - f"
     default_params = {"f": 1.0, "a_high": 12.0, "a_low": 3.0, "alpha": 2.0, "tau": 3.0}
     param_ranges = {**GRF_RANGES, "a_high": "(0, inf)", "a_low": "(0, inf)"}
+    # configs/darcy-forward.yaml zeta_obs_a, darcy-inverse.yaml zeta_obs_u; x = 0.2 a - 1.5 and
+    # x = 115 u - 0.9 (merge_data.py)
+    diffusionpde_observation = {"a": (5.0, 0.2), "u": (5000.0, 115.0)}
     ordered = (("a_low", "a_high"),)  # the binary coefficient's two values, thresholded between them
 
     def form(self, fields, v):

@@ -11,6 +11,9 @@ class Helmholtz(Problem):
     display_name = "Helmholtz"
     fd_residual = "-lap(u) - k ** 2 * u - f"
     channels = ("f", "u")
+    # configs/helmholtz-forward.yaml zeta_obs_a, helmholtz-inverse.yaml zeta_obs_u; f = 2.15 x and
+    # u = 0.028 x (scripts/generate_helmholtz.py)
+    diffusionpde_observation = {"f": (0.8, 1 / 2.15), "u": (60.0, 1 / 0.028)}
     default_params = {"k": 1.0, "alpha": 2.0, "tau": 3.0}
     spd = False  # indefinite once k^2 exceeds the first Dirichlet eigenvalue: GMRES, not CG
     param_ranges = {**GRF_RANGES, "k": "[0, inf)"}

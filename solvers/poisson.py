@@ -11,6 +11,9 @@ class Poisson(Problem):
     display_name = "Poisson"
     fd_residual = "-lap(u) - f"
     channels = ("f", "u")
+    # configs/poisson-forward.yaml zeta_obs_a, poisson-inverse.yaml zeta_obs_u; f = 2.15 x and
+    # u = x / 36.5 (scripts/generate_poisson.py)
+    diffusionpde_observation = {"f": (0.8, 1 / 2.15), "u": (40.0, 36.5)}
     default_params = {"alpha": 2.0, "tau": 3.0}
     param_ranges = GRF_RANGES
 

@@ -74,6 +74,11 @@ class Problem:
     display_name: str = ""
     axes: tuple[str, str] = ("x", "y")
     fd_residual: str | None = None  # strong form for the finite-difference baseline (fd_residual.py)
+    # DiffusionPDE's published observation weights for this PDE, where it has them: {channel: (zeta,
+    # scale)}, zeta the per-step weight of the channel's observation loss in its 2000-step sampler
+    # (its configs) and scale the factor of its normalised fields, x = scale * field + offset (its
+    # data scripts). The guided baselines convert them to this project's units (baselines/guidance.py).
+    diffusionpde_observation: dict | None = None
 
     def __init__(self, **params):
         unknown = set(params) - set(self.default_params)
@@ -111,7 +116,7 @@ class Problem:
         """What the learning side needs, stored with every dataset (``DatasetInfo.meta``)."""
         return {"display_name": self.display_name or self.name, "axes": list(self.axes),
                 "unknown": self.unknown, "thresholds": self.thresholds(), "tasks": self.tasks(),
-                "fd_residual": self.fd_residual}
+                "fd_residual": self.fd_residual, "diffusionpde_observation": self.diffusionpde_observation}
 
     def mesh(self, S: int, comm=None, reorder: bool | None = None):
         """Structured (S-1) x (S-1) quadrilateral mesh: its vertices are the S x S grid."""

@@ -47,6 +47,49 @@ def test_guidance_moves_the_analytic_posterior_toward_the_observation():
     assert torch.allclose(guided[other], free[other], atol=1e-12)
 
 
+class Identity(torch.nn.Module):
+    def forward(self, x, sigma):
+        return x
+
+
+@pytest.mark.firedrake
+def test_diffusionpde_weights_move_the_physical_fields_as_its_own_update_does():
+    """One guided step on an identity denoiser, with each channel observed at some nodes: the
+    step in physical units equals DiffusionPDE's own update on its fields x = s field + offset
+    (configs/darcy-*.yaml, merge_data.py), channel by channel."""
+    from piddm_fem.baselines.guidance import guided_heun, observation_weights
+    from piddm_fem.data import Normalizer
+    from piddm_fem.edm import sigma_steps
+    from piddm_fem.evaluation import Budget
+    from piddm_fem.solvers import get_problem
+
+    meta = get_problem("darcy").metadata()
+    normalizer = Normalizer(np.array([7.5, 5e-3]), np.array([4.5, 3.7e-3]))
+    weights = observation_weights(Budget(guidance_steps=50), meta, normalizer, ["a", "u"])
+    g = torch.Generator().manual_seed(1)
+    phys = torch.stack([7.5 + 4.5 * torch.randn(2, 6, 6, generator=g, dtype=torch.float64),
+                        5e-3 + 4e-3 * torch.randn(2, 6, 6, generator=g, dtype=torch.float64)], dim=1)
+    truth = phys + torch.randn(phys.shape, generator=g, dtype=torch.float64) * torch.tensor([1.0, 1e-3]).view(1, 2, 1, 1)
+    mask = (torch.rand(phys.shape, generator=g) < 0.3).double()
+
+    target, x0 = normalizer.normalize(truth), normalizer.normalize(phys)
+    t_max = float(sigma_steps(1)[0])
+    ours = guided_heun(Identity(), x0 / t_max, 1, obs_loss=lambda d: ((d - target) * mask).flatten(2).norm(dim=2),
+                       zeta_obs=torch.as_tensor(weights))
+    step_ours = normalizer.denormalize(ours) - phys
+
+    step_theirs = []
+    for c, (zeta, s) in enumerate([(5.0, 0.2), (5000.0, 115.0)]):  # their loss and update, their units
+        x = (s * phys[:, c] + 0.3).requires_grad_(True)
+        loss = zeta * (((x - 0.3) / s - truth[:, c]) * mask[:, c]).flatten(1).norm(dim=1).sum()
+        step_theirs.append(-torch.autograd.grad(loss, x)[0] / s)
+    step_theirs = torch.stack(step_theirs, dim=1)
+    assert float(step_theirs.abs().max()) > 0
+    assert torch.allclose(step_ours, step_theirs, rtol=1e-9, atol=1e-15)
+    # where no weight is published, the rule 5 sqrt(2000 / N) for every channel
+    assert np.allclose(observation_weights(Budget(guidance_steps=50), {}, normalizer, ["a", "u"]), 5 * 40**0.5)
+
+
 def test_pde_guidance_alone_lowers_the_loss_it_guides_on():
     from piddm_fem.baselines.guidance import guided_heun
 
@@ -256,9 +299,11 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
     assert set(inverse) == {"rel_l2_a", "error_rate_a", "residual", "seconds_per_problem"}  # what inverse recovers
     assert rows["PIDDM-1"]["costs"]["pair_seconds"] > 0 and rows["PIDDM-1"]["costs"]["distill_seconds"] > 0
     assert rows["PIDDM-1"]["nfe"] == 1 and rows["teacher"]["nfe"] == 5
-    steps = doc["budget"]["guidance_steps"]  # DiffusionPDE's 5 per step of 2000, rescaled to the run's steps
-    assert rows["diffusionpde-weak"]["settings"]["zeta_obs"] == pytest.approx(5 * (2000 / steps) ** 0.5)
-    assert rows["dps-weak"]["settings"]["zeta_obs"] == 0.0
+    # DiffusionPDE's Darcy weights, 5 on 0.2 a and 5000 on 115 u, as steps of the same physical size
+    std = dict(zip(("a", "u"), torch.load(darcy20 / "teacher" / "last.pt", weights_only=False)["normalization"]["std"]))
+    assert rows["diffusionpde-weak"]["settings"]["zeta_obs"] == pytest.approx(
+        {"a": 5 / (0.2**2 * std["a"]), "u": 5000 / (115**2 * std["u"])})
+    assert rows["dps-weak"]["settings"]["zeta_obs"] == {"a": 0.0, "u": 0.0}
     md = (out / "compare.md").read_text()
     assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md
     assert doc["machine"].endswith(f"{torch.get_num_threads()} threads")  # named beside every timing

@@ -7,10 +7,10 @@ Tweedie estimate; the losses are the observation loss ||M (D - y)||_2 (not squar
 loss ||r(D)||_2 / S^2, their gradients are taken with respect to x_i through the network, and
 x_{i+1} <- x_{i+1} - zeta_obs grad(obs) for the first 80% of the steps, then
 x_{i+1} <- x_{i+1} - 0.1 zeta_obs grad(obs) - zeta_pde grad(pde).
-Here the observation loss is taken in normalised units (one zeta for every channel instead of one
-per channel, rescaled to the run's step count: ``Budget.observation_weight``) and r is either
-their finite-difference stencil with the correct 1/h^2 scaling (``fd``) or the weak-form
-operator's strong-form residual (``weak``, the same units).
+Here the observation loss is one norm per channel, as theirs, taken in normalised units with
+their weights converted to those units (``observation_weights``), and r is either their
+finite-difference stencil with the correct 1/h^2 scaling (``fd``) or the weak-form operator's
+strong-form residual (``weak``, the same units).
 """
 
 from __future__ import annotations
@@ -24,13 +24,33 @@ from piddm_fem.baselines import BaseMethod
 from piddm_fem.edm import sigma_steps
 from piddm_fem.errors import PiddmError
 
+ZETA_OBS_2000 = 5.0  # DiffusionPDE's Darcy coefficient weight at its 2000 steps, in normalised units (the rule below)
+
+
+def observation_weights(budget, meta: dict, normalizer, channels) -> np.ndarray:
+    """zeta_obs of every channel, in normalised units: the budget's ``zeta_obs`` when set; else
+    DiffusionPDE's own weight where the problem declares it (``Problem.diffusionpde_observation``:
+    zeta on its fields x = s field + offset), converted to a step of the same size in physical
+    units, zeta / (s^2 std) with std the channel's normalisation, and used at any step count; else
+    5 sqrt(2000 / N) at N guidance steps. The rules and the trials that chose them are in
+    docs/baselines.md."""
+    from piddm_fem.evaluation import GUIDED_STEPS
+
+    if budget.zeta_obs is not None:
+        return np.full(len(channels), float(budget.zeta_obs))
+    published = meta.get("diffusionpde_observation") or {}
+    rule = ZETA_OBS_2000 * (GUIDED_STEPS / budget.guidance_steps) ** 0.5
+    return np.array([published[c][0] / (published[c][1] ** 2 * std) if c in published else rule
+                     for c, std in zip(channels, normalizer.std)])
+
 
 def guided_heun(net, eps, num_steps: int, obs_loss=None, pde_loss=None, zeta_obs: float = 0.0,
                 zeta_pde: float = 0.0, pde_from: float = 0.8) -> torch.Tensor:
     """DiffusionPDE-style guided Heun sampling in normalised space (float64 state).
 
     ``obs_loss(D)`` and ``pde_loss(D)`` map the Tweedie estimate D [B, C, S, S] to per-sample
-    losses [B]; either may be None. Returns x0 (detached)."""
+    losses, [B] or [B, C] for ``obs_loss`` with ``zeta_obs`` a weight per channel [C]; either may
+    be None. Returns x0 (detached)."""
     t_steps = sigma_steps(num_steps).to(eps.device)
     x_next = eps.to(torch.float64) * t_steps[0]
     for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
@@ -43,8 +63,8 @@ def guided_heun(net, eps, num_steps: int, obs_loss=None, pde_loss=None, zeta_obs
             x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * (x_next - denoised) / t_next)
         late = i > pde_from * num_steps
         loss = torch.zeros((), dtype=torch.float64, device=eps.device)
-        if obs_loss is not None and zeta_obs:
-            loss = loss + (0.1 if late and pde_loss is not None else 1.0) * zeta_obs * obs_loss(denoised).sum()
+        if obs_loss is not None:
+            loss = loss + (0.1 if late and pde_loss is not None else 1.0) * (zeta_obs * obs_loss(denoised)).sum()
         if pde_loss is not None and zeta_pde and late:
             loss = loss + zeta_pde * pde_loss(denoised).sum()
         if loss.requires_grad:
@@ -68,7 +88,8 @@ class Guidance(BaseMethod):
         self.residual, self.observe = residual, observe
         self.can = self.masked_tasks if observe else ("sample",)
         self.steps = b.guidance_steps
-        self.zeta_obs = b.observation_weight if observe else 0.0
+        weights = observation_weights(b, setup.info.meta, setup.normalizer, setup.channels)
+        self.zeta_obs = torch.as_tensor(weights if observe else 0 * weights, device=setup.device)
         self.nfe = 2 * self.steps - 1
         S = setup.info.resolution
         if residual == "fd":
@@ -83,7 +104,7 @@ class Guidance(BaseMethod):
             r = setup.operator.scaled
         self._r = r
         self.scale = 1.0 / S**2
-        self.settings = {"steps": self.steps, "zeta_obs": self.zeta_obs,
+        self.settings = {"steps": self.steps, "zeta_obs": dict(zip(setup.channels, self.zeta_obs.tolist())),
                          "zeta_pde": b.zeta_pde, "pde_from": b.pde_from, "residual": residual}
 
     def pde_loss(self, denoised: torch.Tensor) -> torch.Tensor:
@@ -110,7 +131,7 @@ class Guidance(BaseMethod):
         target = self.to_norm(observed)
         m = torch.as_tensor(np.asarray(mask), dtype=torch.float64, device=self.setup.device)
 
-        def obs_loss(denoised):
-            return ((denoised - target) * m).flatten(1).norm(dim=1)
+        def obs_loss(denoised):  # [B, C]: one norm per channel, each with its own zeta
+            return ((denoised - target) * m).flatten(2).norm(dim=2)
 
         return self._run(self.noise(seed, len(observed)), obs_loss)
