@@ -51,9 +51,9 @@
 # budget). The first call ends near the end of the distillation (resumed from its last.pt and pair
 # bank by the second); the second fits $FIRST over 3 seeds and steps 4-5, and the baselines over
 # about one seed (all of them were measured over 2 seeds in the eighth session, DiffusionPDE
-# with the observation weight of 2000 steps; now it is rescaled to its 200, ninth session; and ECI
-# as a one-round variant; now it runs as its authors' code, 5x its NFE, tenth session), not
-# the throughput rows.
+# with one observation weight for a and u in our units; now it has its authors' weight per
+# channel, fourteenth session; and ECI as a one-round variant; now it runs as its authors' code,
+# 5x its NFE, tenth session), not the throughput rows.
 # Tested at tiny size on the CPU:
 # tests/test_baselines.py::test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu.
 set -u
