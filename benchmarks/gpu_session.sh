@@ -33,8 +33,9 @@
 #    torch.compile);
 # 9. with the time left, the teacher's sampling cost, i.e. the pair bank's, per layout, precision
 #    and batch.
-# Inputs in $DATA (<= 60 MB): darcy64.h5 with its operator (`piddm generate darcy -n 600 --res 64`
-# is 40 MB), op128.h5. Results in $OUT (at most 8 files): residual.txt, throughput.txt,
+# Inputs in $DATA (<= 60 MB with the working tree's 4 MB): darcy64.h5 with its operator (`piddm
+# generate darcy -n 3500 --res 64 --float32`, 46 MB; the eighth session's runs had 600 samples in
+# float64), op128.h5 (8 MB). Results in $OUT (at most 8 files): residual.txt, throughput.txt,
 # sampling.txt, pipeline.txt, seed_rows.md, 64 samples of the teacher and of PIDDM-1 (seed 0), and
 # results.tgz with step_profile.txt, the JSON (compare, throughput, rows_seed<k> with each finished method, the
 # student's validation history student/done), compare.md (when every pass finished) and figures.

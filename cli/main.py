@@ -128,7 +128,10 @@ def generate(problem: str = typer.Argument(..., help=PROBLEM_HELP),
              out_path: Path = typer.Option(..., "--out", help="Output HDF5 file."),
              resume: bool = typer.Option(False, help="Complete an interrupted <out>.partial."),
              overwrite: bool = typer.Option(False, help="Replace an existing file."),
-             param: list[str] = ParamOption, force: bool = ForceOption):
+             param: list[str] = ParamOption, force: bool = ForceOption,
+             float32: bool = typer.Option(False, "--float32", help="Store the fields in float32: a file "
+                                          "about half as large, to carry to a GPU machine; the stored "
+                                          "solutions then satisfy the equations to float32 round-off.")):
     """Solve N seeded samples and write a dataset (split across ranks under mpiexec)."""
     from piddm_fem import grid
     from piddm_fem.solvers import get_problem
@@ -138,7 +141,7 @@ def generate(problem: str = typer.Argument(..., help=PROBLEM_HELP),
     prob = get_problem(problem, **parse_params(param))
     t0 = time.perf_counter()
     counts = run_generate(prob, n_samples, S, seed, out_path, resume=resume, overwrite=overwrite,
-                          force=force)
+                          force=force, float32=float32)
     if counts:
         out.print(f"wrote {out_path}: {counts['ok']} ok, {counts['failed']} failed "
                   f"({counts['solved_now']} solved in {time.perf_counter() - t0:.1f}s)")

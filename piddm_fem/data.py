@@ -84,7 +84,7 @@ def compute_normalizer(path, indices, chunk: int = 256) -> Normalizer:
     total = total_sq = count = 0
     with schema._open(Path(path)) as f:
         for start in range(0, indices.size, chunk):
-            x = f["fields"][indices[start:start + chunk]]
+            x = f["fields"][indices[start:start + chunk]].astype(np.float64, copy=False)
             total = total + x.sum(axis=(0, 2, 3))
             total_sq = total_sq + (x**2).sum(axis=(0, 2, 3))
             count += x.shape[0] * x.shape[2] * x.shape[3]

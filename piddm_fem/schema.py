@@ -1,6 +1,7 @@
 """The HDF5 dataset schema shared by the solver, the models and `piddm validate` (docs/datasets.md).
 
-A dataset file holds ``fields`` float64 [N, C, S, S] on the grid of ``piddm_fem.grid`` plus
+A dataset file holds ``fields`` float64 [N, C, S, S] (or float32, a compact copy to carry to
+another machine; readers return float64) on the grid of ``piddm_fem.grid`` plus
 per-sample ``status`` and ``solver_info``. Files are written under ``<name>.partial`` and renamed
 to ``<name>`` only once complete, so a finished-looking file is never half-written; a writer holds
 ``<name>.lock`` (``exclusive``), so two processes never write the same file. Readers refuse a file
@@ -195,9 +196,14 @@ def _parse_info(path: Path, f, partial: bool) -> DatasetInfo:
     )
 
 
-def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = False):
-    """Create ``<path>.partial`` with every sample pending; returns the open h5py.File.
-    Call it inside ``exclusive(path)``."""
+FIELD_DTYPES = ("f8", "f4")  # how ``fields`` may be stored: float64, or float32 to halve a file
+
+
+def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = False, dtype: str = "f8"):
+    """Create ``<path>.partial`` with every sample pending, ``fields`` stored as ``dtype`` (one of
+    ``FIELD_DTYPES``); returns the open h5py.File. Call it inside ``exclusive(path)``."""
+    if dtype not in FIELD_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {FIELD_DTYPES}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise PiddmError(f"{path} exists; pass --overwrite to replace it or --resume to complete it")
@@ -214,7 +220,7 @@ def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = Fals
     tmp.unlink(missing_ok=True)
     f = _h5py().File(tmp, "w")
     try:
-        f.create_dataset("fields", shape=(n, c, s, s), dtype="f8", chunks=(1, c, s, s), fillvalue=np.nan,
+        f.create_dataset("fields", shape=(n, c, s, s), dtype=dtype, chunks=(1, c, s, s), fillvalue=np.nan,
                          compression="gzip", compression_opts=4, shuffle=True)
         f.create_dataset("status", shape=(n,), dtype="i1", fillvalue=STATUS_PENDING)
         g = f.create_group("solver_info")
@@ -241,9 +247,9 @@ def create(path: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = Fals
     return f
 
 
-def open_partial(path: str | os.PathLike, info: DatasetInfo):
+def open_partial(path: str | os.PathLike, info: DatasetInfo, dtype: str = "f8"):
     """Reopen ``<path>.partial`` for ``--resume`` (inside ``exclusive(path)``); its attributes must
-    match ``info``."""
+    match ``info`` and its fields be stored as ``dtype``."""
     path = Path(path)
     tmp = partial_path(path)
     if path.exists():
@@ -260,6 +266,11 @@ def open_partial(path: str | os.PathLike, info: DatasetInfo):
                 f"cannot resume {tmp}: it has {key}={getattr(have, key)!r}, the command asks for "
                 f"{getattr(info, key)!r}; repeat the original arguments or pass --overwrite"
             )
+    if f["fields"].dtype != np.dtype(dtype):
+        stored = f["fields"].dtype
+        f.close()
+        raise PiddmError(f"cannot resume {tmp}: it stores {stored} fields; "
+                         f"{'add' if stored == np.float32 else 'drop'} --float32 or pass --overwrite")
     return f
 
 
@@ -303,10 +314,10 @@ def read(path: str | os.PathLike, indices=None) -> tuple[DatasetInfo, np.ndarray
                 f"{path}: sample index out of range 0..{info.n_samples - 1}; pick indices inside it"
             )
         if indices is None:
-            fields = f["fields"][:]
+            fields = f["fields"][:].astype(np.float64, copy=False)
         else:
             uniq, inverse = np.unique(idx, return_inverse=True)
-            fields = f["fields"][uniq][inverse]
+            fields = f["fields"][uniq][inverse].astype(np.float64, copy=False)
         status = f["status"][:][idx] if "status" in f else np.full(idx.size, STATUS_OK, "i1")
     check_fields(path, info, fields, status, idx)
     return info, fields, status

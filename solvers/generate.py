@@ -71,10 +71,11 @@ def dataset_info(problem, n_samples: int, S: int, seed: int) -> schema.DatasetIn
 
 
 def generate(problem, n_samples: int, S: int, seed: int, out, *, resume: bool = False,
-             overwrite: bool = False, show_progress: bool = True, force: bool = False) -> dict:
+             overwrite: bool = False, show_progress: bool = True, force: bool = False,
+             float32: bool = False) -> dict:
     """Write ``out``; returns counts {"ok", "failed", "solved_now"} and "seconds", the wall time of
     the solve-and-write loop (meshes built), on rank 0; {} elsewhere. ``force`` skips the memory
-    guard."""
+    guard; ``float32`` stores the (float64) solutions rounded to float32."""
     comm = fd.COMM_WORLD
     rank, size = comm.rank, comm.size
     if n_samples < 1:
@@ -86,8 +87,9 @@ def generate(problem, n_samples: int, S: int, seed: int, out, *, resume: bool = 
         if rank == 0:
             try:
                 stack.enter_context(schema.exclusive(out))
-                f = stack.enter_context(schema.open_partial(out, info) if resume else
-                                        schema.create(out, info, overwrite=overwrite))
+                dtype = "f4" if float32 else "f8"
+                f = stack.enter_context(schema.open_partial(out, info, dtype) if resume else
+                                        schema.create(out, info, overwrite=overwrite, dtype=dtype))
             except PiddmError as exc:
                 error = str(exc)
         error = comm.bcast(error, root=0)
@@ -129,6 +131,7 @@ def generate(problem, n_samples: int, S: int, seed: int, out, *, resume: bool = 
                 "seconds": seconds}
 
 
+F32_RESIDUAL = 1e-3  # bound on the relative residual of a solution rounded to float32 (1.5e-5 at S = 64, ~S^2)
 ROUND_PER_RANK = 8  # samples per rank and round: rank 0 writes (and flushes) once per round
 _RESULTS, _PLAN = 71, 72  # message tags: a follower's round; the leader's word after a round
 
@@ -252,19 +255,22 @@ def _write_round(f, results) -> None:
 def _recheck(f, disc: DiscreteProblem, tol: float = 1e-8, chunk: int = 256) -> None:
     """Before ``--resume`` trusts a partial file: every ok sample must be finite with a stored
     residual within ``tol``, and the samples of the last round written before the interruption
-    must have that residual when recomputed. A sample that fails goes back to pending."""
+    must have that residual when recomputed (float64 files), or one within float32 round-off
+    (``F32_RESIDUAL``, float32 files). A sample that fails goes back to pending."""
     status = f["status"][:]
     stored = f["solver_info"]["residual_norm"][:]
     last = {int(i) for i in f.attrs.get("last_round", [])}
+    rounded = f["fields"].dtype == np.float32
     bad = []
     for start in range(0, status.size, chunk):
-        block = f["fields"][start:start + chunk]
+        block = f["fields"][start:start + chunk].astype(np.float64, copy=False)
         for k in np.flatnonzero(status[start:start + chunk] == schema.STATUS_OK):
             index = start + int(k)
             good = np.isfinite(block[k]).all() and stored[index] <= tol
             if good and index in last:
                 residual = disc.relative_residual(block[k])
-                good = residual <= tol and np.isclose(residual, stored[index], rtol=1e-3, atol=1e-15)
+                good = (residual <= F32_RESIDUAL if rounded else
+                        residual <= tol and np.isclose(residual, stored[index], rtol=1e-3, atol=1e-15))
             if not good:
                 bad.append(index)
     for index in bad:

@@ -58,6 +58,39 @@ def test_interrupt_keeps_finished_samples_and_resume_completes(tmp_path, monkeyp
     assert np.array_equal(schema.read(path)[1], schema.read(darcy_file)[1])
 
 
+def test_a_float32_file_holds_the_solutions_rounded_and_resumes_as_float32(tmp_path, monkeypatch, darcy_file):
+    from piddm_fem.solvers.generate import F32_RESIDUAL
+    from piddm_fem.solvers.validate import validate_file
+
+    path = tmp_path / "d32.h5"
+    real = generate_module.solve_sample
+    calls = {"n": 0}
+
+    def interrupted(disc, seed, index):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(disc, seed, index)
+
+    monkeypatch.setattr(generate_module, "solve_sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(get_problem("darcy"), 6, 17, 3, path, show_progress=False, float32=True)
+    monkeypatch.setattr(generate_module, "solve_sample", real)
+    with pytest.raises(PiddmError, match="float32 fields; add --float32"):
+        generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False)
+    counts = generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False, float32=True)
+    assert counts["solved_now"] == 3 and counts["ok"] == 6  # the recheck kept the rounded samples
+    with h5py.File(path) as f, h5py.File(darcy_file) as f64:
+        assert f["fields"].dtype == np.float32
+        assert f["fields"].id.get_storage_size() < 0.6 * f64["fields"].id.get_storage_size()
+    _, fields, _ = schema.read(path)
+    exact = schema.read(darcy_file)[1]
+    assert fields.dtype == np.float64 and np.array_equal(fields, exact.astype(np.float32).astype(np.float64))
+    report = validate_file(path)
+    assert report["passed"] and not report["summary"]["disagree"]  # torch = Firedrake on what is stored
+    assert 1e-9 < report["summary"]["max"] < F32_RESIDUAL  # float32 round-off, no more
+
+
 def test_existing_output_needs_overwrite(darcy_file):
     with pytest.raises(PiddmError, match="--overwrite"):
         generate(get_problem("darcy"), 6, 17, 3, darcy_file, show_progress=False)
