@@ -27,8 +27,8 @@ def spread(values, fmt: str, n_seeds: int) -> str:
 
 
 def sample_table(runs: list[dict], methods: list[str]) -> list[str]:
-    lines = ["| method | median residual | x teacher | MMSE a | MMSE u | SMSE a | SMSE u | ms/sample |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | median residual | x teacher | MMSE a | MMSE u | SMSE a | SMSE u | copy ratio | ms/sample |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         pairs = [(r[m]["sample"], r["teacher"]["sample"]) for r in runs if "sample" in r.get(m, {})]
         if not pairs:
@@ -37,6 +37,7 @@ def sample_table(runs: list[dict], methods: list[str]) -> list[str]:
                 spread([s["residual"]["median"] / t["residual"]["median"] for s, t in pairs], "{:.3f}", len(runs))]
         cols += [spread([s[k][c] / t[k][c] for s, t in pairs], "{:.2f}", len(runs))
                  for k in ("mmse", "smse") for c in sorted(pairs[0][0][k])]
+        cols.append(spread([s["copy_ratio"] for s, _ in pairs if "copy_ratio" in s], "{:.2f}", len(runs)))
         cols.append(spread([1e3 * s["seconds_per_sample"] for s, _ in pairs], "{:.2f}", len(runs)))
         lines.append(f"| {m} | " + " | ".join(cols) + " |")
     return lines

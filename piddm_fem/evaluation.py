@@ -170,9 +170,10 @@ def fem_relative(info, fields) -> np.ndarray:
     return np.array([disc.relative_residual(f) for f in fields])
 
 
-def field_metrics(info, operator, fields, reference=None, fem: bool = False) -> dict:
-    """Residuals (weak form torch, FD, optional FEM), MMSE/SMSE per channel against ``reference``
-    and the fraction above threshold of every binary channel."""
+def field_metrics(info, operator, fields, reference=None, fem: bool = False, train=None) -> dict:
+    """Residuals (weak form torch, FD, optional FEM), MMSE/SMSE per channel against ``reference``,
+    the copy ratio against ``train`` (``metrics.copy_ratio``) and the fraction above threshold of
+    every binary channel."""
     channels = list(info.channels)
     row = {"residual": metrics.summarize(metrics.residual(operator, fields))}
     fd = fd_rms(info, fields)
@@ -184,6 +185,8 @@ def field_metrics(info, operator, fields, reference=None, fem: bool = False) -> 
         mmse, smse = metrics.mmse_smse(fields, reference)
         row["mmse"] = dict(zip(channels, mmse.tolist()))
         row["smse"] = dict(zip(channels, smse.tolist()))
+        if train is not None:
+            row["copy_ratio"] = metrics.copy_ratio(fields, train, reference)
     for name, threshold in info.meta["thresholds"].items():
         row[f"fraction_{name}_above"] = metrics.high_fraction(fields, channels.index(name), threshold)
     return row
@@ -263,6 +266,7 @@ def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = 
     fields so far after each method."""
     b = setup.budget
     _, reference, _ = schema.read(setup.data, setup.splits["test"])
+    _, train, _ = schema.read(setup.data, setup.splits["train"])
     idx = setup.splits["test"][:b.task_problems]
     _, truth, _ = schema.read(setup.data, idx)
     masks = {task: observation_mask(task, truth.shape, setup.channels, setup.info.meta, seed=seed).numpy()
@@ -275,7 +279,7 @@ def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = 
         row = {"nfe": m.nfe}
         if "sample" in m.can:
             fields, seconds = _timed(setup.device, m.sample, b.n_eval, seed)
-            row["sample"] = {**field_metrics(setup.info, setup.operator, fields, reference, fem),
+            row["sample"] = {**field_metrics(setup.info, setup.operator, fields, reference, fem, train),
                              "seconds_per_sample": seconds / b.n_eval}
             shown.setdefault("samples", {})[m.name] = fields[0]
         row["tasks"] = {}

@@ -1,4 +1,5 @@
-"""Metrics shared by every comparison: residual, ensemble MMSE/SMSE, relative L2, binary error rate.
+"""Metrics shared by every comparison: residual, ensemble MMSE/SMSE, relative L2, binary error rate,
+and how close samples sit to the training data.
 
 All take physical-unit fields ``[N, C, S, S]`` (torch or numpy) and return numpy values.
 """
@@ -26,6 +27,26 @@ def mmse_smse(generated, reference) -> tuple[np.ndarray, np.ndarray]:
     mmse = ((g.mean(0) - r.mean(0)) ** 2).mean(axis=(1, 2))
     smse = ((g.std(0) - r.std(0)) ** 2).mean(axis=(1, 2))
     return mmse, smse
+
+
+def nearest_distance(x, data, scale, batch: int = 256) -> np.ndarray:
+    """[N] RMS distance from each field of ``x`` to its nearest field of ``data``, every channel
+    divided by its ``scale`` [C]."""
+    s = torch.as_tensor(np.asarray(scale, float)).reshape(1, -1, 1, 1)
+    d = (torch.as_tensor(_np(data)) / s).flatten(1)
+    x = (torch.as_tensor(_np(x)) / s).flatten(1)
+    nearest = [torch.cdist(x[i:i + batch], d).min(1).values for i in range(0, len(x), batch)]
+    return torch.cat(nearest).numpy() / np.sqrt(d.shape[1])
+
+
+def copy_ratio(generated, train, test) -> float:
+    """Whether samples reproduce training data: the median distance from a generated field to its
+    nearest training field over the same median for the held-out ``test`` fields (channels in
+    units of the training data's std). About 1 for a model that generalises, as fresh data would;
+    far below 1 for one that returns (near) copies of its training samples."""
+    scale = _np(train).std(axis=(0, 2, 3))
+    scale = np.where(scale > 0, scale, 1.0)
+    return float(np.median(nearest_distance(generated, train, scale)) / np.median(nearest_distance(test, train, scale)))
 
 
 def relative_l2(estimate, truth, channel: int, region=None) -> np.ndarray:

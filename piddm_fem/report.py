@@ -168,28 +168,32 @@ def compare_markdown(doc: dict) -> str:
     sampled = [m for m in methods if "sample" in m]
     thresholds = sorted({k for m in sampled for k in m["sample"] if k.startswith("fraction_")})
     extra = [k for k in ("residual_fd", "residual_fem") if any(k in m["sample"] for m in sampled)]
+    copies = any("copy_ratio" in m["sample"] for m in sampled)
     lines = [f"# {doc['display_name']} S = {doc['resolution']}: every method on one teacher", "",
              f"Seeds {', '.join(map(str, doc['seeds']))} (mean ± std over seeds), {doc['budget']['n_eval']} samples "
              f"per method and seed against the {doc['n_test']} held-out test samples; tasks on "
              f"{doc['budget']['task_problems']} test problems. Device: {doc.get('machine', doc['device'])}. Residual: relative weak-form "
              "residual (docs/residual.md); FD: RMS of the finite-difference residual (1/h^2 scaling) at interior "
-             "nodes, absolute.", ""]
+             "nodes, absolute." + (" Copy ratio: a sample's distance to its nearest training sample over a "
+                                   "held-out sample's, medians (1: as fresh data; near 0: copies of training "
+                                   "samples)." if copies else ""), ""]
     if sampled:
         head = (["method", "NFE", "residual"] + [e.replace("residual_", "residual ") for e in extra]
                 + [f"MMSE {c}" for c in channels] + [f"SMSE {c}" for c in channels]
-                + [t.replace("fraction_", "").replace("_above", " > thr.") for t in thresholds] + ["ms/sample"])
+                + [t.replace("fraction_", "").replace("_above", " > thr.") for t in thresholds]
+                + ["copy ratio"] * copies + ["ms/sample"])
         lines += ["## Unconditional samples", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         ref = doc["reference"]
         for m in sampled:
             s = m["sample"]
             cells = ([m["method"], str(m["nfe"]), _pm(s["residual"])] + [_pm(s.get(e)) for e in extra]
                      + [_pm(s["mmse"][c]) for c in channels] + [_pm(s["smse"][c]) for c in channels]
-                     + [_pm(s.get(t)) for t in thresholds]
+                     + [_pm(s.get(t)) for t in thresholds] + [_pm(s.get("copy_ratio"))] * copies
                      + [_fmt(1e3 * s["seconds_per_sample"]["mean"])])
             lines.append("| " + " | ".join(cells) + " |")
         cells = (["data (test split)", "", _fmt(ref["residual"]["mean"])]
                  + [_fmt(ref[e]["mean"]) if e in ref else "" for e in extra] + [""] * (2 * len(channels))
-                 + [_fmt(ref.get(t)) for t in thresholds] + [""])
+                 + [_fmt(ref.get(t)) for t in thresholds] + [""] * copies + [""])
         lines += ["| " + " | ".join(cells) + " |", ""]
     for task in doc["tasks"]:
         rows = [m for m in methods if task in m.get("tasks", {})]

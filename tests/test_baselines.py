@@ -305,7 +305,8 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
         {"a": 5 / (0.2**2 * std["a"]), "u": 5000 / (115**2 * std["u"])})
     assert rows["dps-weak"]["settings"]["zeta_obs"] == {"a": 0.0, "u": 0.0}
     md = (out / "compare.md").read_text()
-    assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md
+    assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md and "| copy ratio |" in md
+    assert rows["teacher"]["sample"]["copy_ratio"]["mean"] > 0
     assert doc["machine"].endswith(f"{torch.get_num_threads()} threads")  # named beside every timing
     for png in ("samples.png", "tasks_forward.png", "tasks_inverse.png", "tasks_reconstruct.png", "tradeoff.png"):
         assert (out / png).stat().st_size > 10_000
@@ -514,3 +515,22 @@ def test_compare_resumes_finished_methods(darcy20, tmp_path, monkeypatch):
 
     monkeypatch.setattr("piddm_fem.baselines.fno.train_fno", untrainable)
     assert compare(setup, ["fno"], [0, 1], figures=False)["methods"][0]["costs"] == trained
+
+def test_the_copy_ratio_tells_copies_of_the_training_data_from_fresh_samples():
+    """Smooth random fields on two channels of different scales: near-copies of training fields
+    score near 0, fresh fields from the same distribution near 1."""
+    from piddm_fem.metrics import copy_ratio
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 1, 17)
+
+    def fields(n):
+        k = rng.normal(size=(n, 2, 3, 1, 1))
+        a = sum(k[:, :, j] * np.sin((j + 1) * np.pi * x)[None, None, :, None] * np.sin(np.pi * x)[None, None, None, :]
+                for j in range(3))
+        return a * np.array([4.5, 4e-3]).reshape(1, 2, 1, 1) + np.array([7.5, 5e-3]).reshape(1, 2, 1, 1)
+
+    train, test = fields(300), fields(60)
+    copies = train[rng.choice(300, 60)] + 1e-3 * train.std(axis=(0, 2, 3)).reshape(1, 2, 1, 1) * rng.normal(size=(60, 2, 17, 17))
+    assert copy_ratio(copies, train, test) < 0.05
+    assert 0.8 < copy_ratio(fields(60), train, test) < 1.25
