@@ -224,6 +224,29 @@ def test_fno_fits_a_linear_map():
     assert rel < 0.1
 
 
+def test_pidm_weighs_the_residual_by_its_ddpm_posterior_variance():
+    """The variance at the noise levels of PIDM's 100 steps is its code's posterior_variance_clipped
+    (make_beta_schedule("cosine"), written here as there); between them it is monotone."""
+    from piddm_fem.baselines.pidm import pidm_variance
+
+    n, s = 100, 0.008
+    x = torch.linspace(0, n, n + 1, dtype=torch.float64)
+    alphas_cumprod = torch.cos(((x / n) + s) / (1 + s) * torch.pi * 0.5) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    betas = torch.clip(1 - (alphas_cumprod[1:] / alphas_cumprod[:-1]), 0, 0.999)
+    alphas_prod = torch.cumprod(1.0 - betas, 0)
+    prev = torch.nn.functional.pad(alphas_prod[:-1], (1, 0), value=1.0)
+    variance = betas * (1.0 - prev) / (1.0 - alphas_prod)
+    variance[0] = variance[1]
+    sigma = (1 / alphas_prod - 1).sqrt()
+    assert torch.allclose(pidm_variance(sigma), variance, rtol=1e-10)
+    between = pidm_variance(torch.logspace(-3, 3, 200, dtype=torch.float64))
+    assert (between.diff() >= 0).all() and float(between[0]) == pytest.approx(float(variance[0]))
+    # the weight c / (6 Sigma) at the lowest and highest of their levels: 0.41 and 1.7e-4 for c = 1e-3
+    assert 1e-3 / (6 * float(variance[0])) == pytest.approx(0.413, rel=1e-2)
+    assert 1e-3 / (6 * float(variance[-1])) == pytest.approx(1.67e-4, rel=1e-2)
+
+
 @pytest.mark.firedrake
 def test_pidm_finetuning_lowers_the_residual_of_the_posterior_mean(darcy_file, tiny_teacher, other_teacher, tmp_path):
     from piddm_fem import checkpoint

@@ -1,6 +1,14 @@
-"""PIDM-style training-time physics (Bastek et al. 2025): the teacher fine-tuned with
-lambda ||R(E[x0|xt])||^2 added to the EDM loss, E[x0|xt] being the denoiser's output at every
-training noise level, then sampled like the teacher (Heun, N_s steps).
+"""PIDM-style training-time physics (Bastek et al. 2025): the teacher fine-tuned with the residual
+of E[x0|xt], the denoiser's output at every training noise level, as a Gaussian likelihood added to
+the EDM loss, then sampled like the teacher (Heun, N_s steps).
+
+Their code (jhbastek/PhysicsInformedDiffusionModels, `src/denoising_utils.py`) adds
+c_residual * 0.5 R^2 / Sigma_t, averaged over the residual tensor, with Sigma_t the posterior
+variance of their DDPM (cosine schedule, 100 steps, t = 0 clipped to t = 1): a weight that grows
+400-fold from high noise to low. Their residual tensor holds the equation and two boundary
+channels, zero off the edges, so its mean is a third of the mean over nodes: here the weight is
+c_residual / (6 Sigma(sigma)) on the mean square of the scaled residual over the nodes, Sigma
+interpolated in log sigma between their steps' noise levels (``pidm_variance``).
 
 The fine-tuning reuses the teacher's training loop (``TeacherTrainer`` with ``loss_fn``) from the
 teacher's checkpoint, into OUT/pidm (resumable; a finished run is reused while the teacher and the
@@ -11,6 +19,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from piddm_fem import checkpoint, schema
 from piddm_fem.baselines import BaseMethod
@@ -20,9 +29,37 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.interrupt import write_atomic
 
 
+def _ddpm_posterior_variance(steps: int = 100, s: float = 0.008):
+    """(noise levels sqrt(1 / alpha_bar_t - 1), posterior variances, t = 0 clipped to t = 1) of
+    PIDM's DDPM: the cosine schedule with betas clipped at 0.999."""
+    x = np.linspace(0, steps, steps + 1)
+    f = np.cos((x / steps + s) / (1 + s) * np.pi / 2) ** 2
+    betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
+    alpha_bar = np.cumprod(1 - betas)
+    alpha_bar_prev = np.concatenate([[1.0], alpha_bar[:-1]])
+    variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    variance[0] = variance[1]
+    return np.sqrt(1 / alpha_bar - 1), variance
+
+
+_LOG_SIGMA, _LOG_VARIANCE = (torch.from_numpy(np.log(v)) for v in _ddpm_posterior_variance())
+
+
+def pidm_variance(sigma: torch.Tensor) -> torch.Tensor:
+    """PIDM's residual variance Sigma at EDM noise levels ``sigma``: its DDPM posterior variance,
+    interpolated linearly in (log sigma, log Sigma) between its steps and held beyond them. On the
+    device, without a host synchronisation."""
+    log_s, log_v = _LOG_SIGMA.to(sigma.device), _LOG_VARIANCE.to(sigma.device)
+    z = sigma.double().log().clamp(log_s[0], log_s[-1])
+    i = torch.searchsorted(log_s, z).clamp(1, len(log_s) - 1)
+    w = (z - log_s[i - 1]) / (log_s[i] - log_s[i - 1])
+    return (log_v[i - 1] + w * (log_v[i] - log_v[i - 1])).exp()
+
+
 class PIDMLoss:
-    """EDM's per-element loss plus lambda ||R(denorm(D))||^2 per sample (broadcast, so the mean
-    over elements adds lambda times the batch mean of the residual loss)."""
+    """EDM's per-element loss plus lambda / (6 Sigma(sigma)) times the mean square residual of
+    denorm(D) per sample (broadcast, so the mean over elements adds the batch mean; the module
+    docstring says where the weight comes from)."""
 
     def __init__(self, operator, normalizer, lam: float):
         self.operator, self.normalizer, self.lam = operator, normalizer, lam
@@ -32,12 +69,14 @@ class PIDMLoss:
         outputs = []
 
         def recorded(noisy, sigma):
-            outputs.append(net(noisy, sigma))
-            return outputs[-1]
+            outputs.append((net(noisy, sigma), sigma))
+            return outputs[-1][0]
 
         loss = self.edm(recorded, x, generator=generator)
-        physics = self.operator.loss(self.normalizer.denormalize(outputs[0].double()))
-        return loss + self.lam * physics.to(loss.dtype).reshape(-1, 1, 1, 1)
+        denoised, sigma = outputs[0]
+        physics = self.operator.loss(self.normalizer.denormalize(denoised.double()))
+        weight = self.lam / (6 * pidm_variance(sigma))
+        return loss + (weight * physics).to(loss.dtype).reshape(-1, 1, 1, 1)
 
 
 FINETUNE_LR = 2e-4
