@@ -31,8 +31,8 @@ def test_dataset_file_schema(darcy_file):
     assert u[:, 8, 8].min() > 0
 
 
-def test_interrupt_keeps_finished_samples_and_resume_completes(tmp_path, monkeypatch, darcy_file):
-    path = tmp_path / "d.h5"
+def _interrupted_generation(monkeypatch, path, **options) -> None:
+    """Generate the Darcy fixture's 6 samples into ``path`` with a Ctrl-C at the 4th solve."""
     real = generate_module.solve_sample
     calls = {"n": 0}
 
@@ -44,12 +44,17 @@ def test_interrupt_keeps_finished_samples_and_resume_completes(tmp_path, monkeyp
 
     monkeypatch.setattr(generate_module, "solve_sample", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        generate(get_problem("darcy"), 6, 17, 3, path, show_progress=False)
+        generate(get_problem("darcy"), 6, 17, 3, path, show_progress=False, **options)
+    monkeypatch.setattr(generate_module, "solve_sample", real)
+
+
+def test_interrupt_keeps_finished_samples_and_resume_completes(tmp_path, monkeypatch, darcy_file):
+    path = tmp_path / "d.h5"
+    _interrupted_generation(monkeypatch, path)
     assert not path.exists()  # never mistaken for complete
     with h5py.File(schema.partial_path(path)) as f:
         assert (f["status"][:] == schema.STATUS_OK).sum() == 3
         assert not f.attrs["complete"]
-    monkeypatch.setattr(generate_module, "solve_sample", real)
     with pytest.raises(PiddmError, match="exists|resume"):
         generate(get_problem("darcy"), 6, 17, 4, path, resume=True, show_progress=False)
     counts = generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False)
@@ -63,19 +68,7 @@ def test_a_float32_file_holds_the_solutions_rounded_and_resumes_as_float32(tmp_p
     from piddm_fem.solvers.validate import validate_file
 
     path = tmp_path / "d32.h5"
-    real = generate_module.solve_sample
-    calls = {"n": 0}
-
-    def interrupted(disc, seed, index):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(disc, seed, index)
-
-    monkeypatch.setattr(generate_module, "solve_sample", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        generate(get_problem("darcy"), 6, 17, 3, path, show_progress=False, float32=True)
-    monkeypatch.setattr(generate_module, "solve_sample", real)
+    _interrupted_generation(monkeypatch, path, float32=True)
     with pytest.raises(PiddmError, match="float32 fields; add --float32"):
         generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False)
     counts = generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False, float32=True)
