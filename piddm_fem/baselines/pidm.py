@@ -42,14 +42,17 @@ def _ddpm_posterior_variance(steps: int = 100, s: float = 0.008):
     return np.sqrt(1 / alpha_bar - 1), variance
 
 
-_LOG_SIGMA, _LOG_VARIANCE = (torch.from_numpy(np.log(v)) for v in _ddpm_posterior_variance())
+_LOG_TABLES = {}  # device -> (log noise levels, log variances), copied there once
 
 
 def pidm_variance(sigma: torch.Tensor) -> torch.Tensor:
     """PIDM's residual variance Sigma at EDM noise levels ``sigma``: its DDPM posterior variance,
     interpolated linearly in (log sigma, log Sigma) between its steps and held beyond them. On the
-    device, without a host synchronisation."""
-    log_s, log_v = _LOG_SIGMA.to(sigma.device), _LOG_VARIANCE.to(sigma.device)
+    device, without a host synchronisation after the first call there."""
+    if sigma.device not in _LOG_TABLES:
+        _LOG_TABLES[sigma.device] = tuple(torch.from_numpy(np.log(v)).to(sigma.device)
+                                          for v in _ddpm_posterior_variance())
+    log_s, log_v = _LOG_TABLES[sigma.device]
     z = sigma.double().log().clamp(log_s[0], log_s[-1])
     i = torch.searchsorted(log_s, z).clamp(1, len(log_s) - 1)
     w = (z - log_s[i - 1]) / (log_s[i] - log_s[i - 1])
