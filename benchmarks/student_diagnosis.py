@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from piddm_fem import checkpoint, schema
+from piddm_fem import checkpoint, metrics, schema
 from piddm_fem.data import Normalizer
 from piddm_fem.dual_norm import PHYSICS_NORMS, PhysicsPenalty
 from piddm_fem.figures import plot_lines
@@ -49,12 +49,7 @@ def radial_spectrum(r: np.ndarray) -> np.ndarray:
 
 def interface_share(scaled: np.ndarray, coefficient: np.ndarray, threshold: float) -> dict:
     """Share of residual energy on nodes with a neighbour across the threshold, and of such nodes."""
-    high = coefficient > threshold
-    near = np.zeros_like(high)
-    near[:, 1:] |= high[:, 1:] != high[:, :-1]
-    near[:, :-1] |= high[:, 1:] != high[:, :-1]
-    near[:, :, 1:] |= high[:, :, 1:] != high[:, :, :-1]
-    near[:, :, :-1] |= high[:, :, 1:] != high[:, :, :-1]
+    near = metrics.interface_nodes(coefficient > threshold)
     energy = scaled**2
     return {"energy_share": float(energy[near].sum() / energy.sum()), "node_share": float(near.mean())}
 

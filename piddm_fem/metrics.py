@@ -58,13 +58,31 @@ def relative_l2(estimate, truth, channel: int, region=None) -> np.ndarray:
     return np.linalg.norm((e - t).reshape(len(e), -1), axis=1) / np.linalg.norm(t.reshape(len(t), -1), axis=1)
 
 
-def binary_error_rate(estimate, truth, channel: int, threshold: float, region=None) -> np.ndarray:
-    """[N] fraction of nodes (of ``region``) whose thresholded binary coefficient is wrong; the
-    threshold of each binary channel is in the problem's metadata (``thresholds``)."""
+def interface_nodes(high: np.ndarray) -> np.ndarray:
+    """[N, S, S] bool: the nodes of a thresholded binary field [N, S, S] with a grid neighbour
+    (left, right, up, down) on the other side of the threshold."""
+    near = np.zeros_like(high, dtype=bool)
+    across_y = high[:, 1:] != high[:, :-1]
+    near[:, 1:] |= across_y
+    near[:, :-1] |= across_y
+    across_x = high[:, :, 1:] != high[:, :, :-1]
+    near[:, :, 1:] |= across_x
+    near[:, :, :-1] |= across_x
+    return near
+
+
+def binary_error_rate(estimate, truth, channel: int, threshold: float, region=None,
+                      off_interfaces: bool = False) -> np.ndarray:
+    """[N] fraction of nodes (of ``region``, [S, S] bool) whose thresholded binary coefficient is
+    wrong; the threshold of each binary channel is in the problem's metadata (``thresholds``).
+    ``off_interfaces``: only over the nodes away from the truth's interfaces (``interface_nodes``),
+    where a misplaced interface counts no error (NaN for a problem with no such node)."""
     e, t = _np(estimate)[:, channel] > threshold, _np(truth)[:, channel] > threshold
-    if region is not None:
-        e, t = e[:, region], t[:, region]
-    return (e != t).reshape(len(e), -1).mean(1)
+    counted = np.ones_like(t) if region is None else np.broadcast_to(np.asarray(region, bool), t.shape)
+    if off_interfaces:
+        counted = counted & ~interface_nodes(t)
+    wrong, total = ((e != t) & counted).sum((1, 2)), counted.sum((1, 2))
+    return np.divide(wrong, total, out=np.full(len(t), np.nan), where=total > 0)
 
 
 def high_fraction(x, channel: int, threshold: float) -> float:

@@ -219,8 +219,10 @@ def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.n
 
 def task_errors(task: str, estimate, truth, operator, channels: list[str], meta: dict) -> dict:
     """Per problem: the relative L2 error of every recovered channel on the recovered nodes
-    (``rel_l2_<channel>``), the thresholded error rate of a binary channel (``error_rate_<channel>``)
-    and the relative residual of the estimate."""
+    (``rel_l2_<channel>``), the thresholded error rate of a binary channel (``error_rate_<channel>``),
+    the same away from the truth's interfaces (``error_rate_<channel>_off_interfaces``: what is
+    left when misplacing an interface by a node is forgiven) and the relative residual of the
+    estimate."""
     from piddm_fem import metrics
 
     errors = {}
@@ -228,7 +230,8 @@ def task_errors(task: str, estimate, truth, operator, channels: list[str], meta:
         name = channels[c]
         errors[f"rel_l2_{name}"] = metrics.relative_l2(estimate, truth, c, region.numpy())
         if name in meta["thresholds"]:
-            errors[f"error_rate_{name}"] = metrics.binary_error_rate(estimate, truth, c, meta["thresholds"][name],
-                                                                     region.numpy())
+            for suffix, off in (("", False), ("_off_interfaces", True)):
+                errors[f"error_rate_{name}{suffix}"] = metrics.binary_error_rate(
+                    estimate, truth, c, meta["thresholds"][name], region.numpy(), off_interfaces=off)
     errors["residual"] = metrics.residual(operator, estimate)
     return errors

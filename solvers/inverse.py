@@ -175,7 +175,8 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
     "observed", "alpha", "noise", "methods": {name: {"a" [N, S, S], "fields" [N, C, S, S]
     (recovered coefficient and its FEM solution), "history" (adjoint runs: the relative RMS misfit
     after every L-BFGS iteration, per problem),
-    "problems": [{error_rate_<c>, rel_l2_<c>, misfit, iterations, seconds}], "summary"}}, "coefficient":
+    "problems": [{error_rate_<c>, error_rate_<c>_off_interfaces, rel_l2_<c>, misfit, iterations,
+    seconds}], "summary"}}, "coefficient":
     c, the recovered coefficient's channel name}; the error rate splits at the problem's threshold
     for c (``Problem.thresholds``), else between its two values."""
     from piddm_fem import metrics
@@ -240,6 +241,8 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
             d, got = observed[n, u][mask[n, u]], fields[u][mask[n, u]]
             misfit[n] = np.sqrt(np.mean((got - d) ** 2)) / np.sqrt(np.mean(d**2))
         errors = {f"error_rate_{name}": metrics.binary_error_rate(x, truth, c, threshold=threshold),
+                  f"error_rate_{name}_off_interfaces": metrics.binary_error_rate(x, truth, c, threshold=threshold,
+                                                                                off_interfaces=True),
                   f"rel_l2_{name}": metrics.relative_l2(x, truth, c), "misfit": misfit,
                   "iterations": its.astype(float), "seconds": secs}
         out["methods"][key] = {

@@ -85,10 +85,37 @@ def test_task_masks_and_errors_follow_the_metadata():
     estimate[0, 0, 0, :] = 15.0 - truth[0, 0, 0, :]  # one row of a flipped between 3 and 12
     op = ResidualOperator(extract_operator(get_problem("darcy"), S))
     errors = task_errors("inverse", estimate, truth, op, ["a", "u"], darcy)
-    assert set(errors) == {"rel_l2_a", "error_rate_a", "residual"}
+    assert set(errors) == {"rel_l2_a", "error_rate_a", "error_rate_a_off_interfaces", "residual"}
     assert errors["error_rate_a"][0] == pytest.approx(1 / S)
     with pytest.raises(PiddmError, match="unknown task 'sideways'; choose one of forward, inverse"):
         observation_mask("sideways", (1, 2, S, S), ["a", "u"], darcy)
+
+
+def test_the_off_interface_error_rate_forgives_a_misplaced_interface_and_nothing_else():
+    from piddm_fem.metrics import binary_error_rate, interface_nodes
+
+    rng = np.random.default_rng(0)
+    high = rng.random((3, 9, 9)) > 0.5
+    near = np.zeros_like(high)  # a neighbour across the threshold, by a loop over the nodes
+    for n, j, i in np.ndindex(high.shape):
+        for dj, di in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            if 0 <= j + dj < 9 and 0 <= i + di < 9 and high[n, j + dj, i + di] != high[n, j, i]:
+                near[n, j, i] = True
+    assert np.array_equal(interface_nodes(high), near)
+
+    S = 17
+    truth = np.zeros((1, 2, S, S))
+    truth[0, 0] = np.where(np.arange(S) < 8, 12.0, 3.0)[None, :]  # a vertical interface: columns 7 and 8
+    shifted, blob = truth.copy(), truth.copy()
+    shifted[0, 0, :, 8] = 12.0  # the interface one node to the right
+    blob[0, 0, 2:5, 12:15] = 12.0  # a wrong region away from it
+    for estimate, all_nodes, off in ((shifted, S / S**2, 0.0), (blob, 9 / S**2, 9 / (S**2 - 2 * S))):
+        assert binary_error_rate(estimate, truth, 0, 7.5)[0] == pytest.approx(all_nodes)
+        assert binary_error_rate(estimate, truth, 0, 7.5, off_interfaces=True)[0] == pytest.approx(off)
+    rows = np.arange(S)[:, None].repeat(S, 1) < 5  # a region: the interface holds 10 of its 5 S nodes
+    assert binary_error_rate(blob, truth, 0, 7.5, rows, off_interfaces=True)[0] == pytest.approx(9 / (5 * S - 10))
+    checkerboard = np.where(np.indices((S, S)).sum(0) % 2 == 0, 12.0, 3.0)[None, None]
+    assert np.isnan(binary_error_rate(checkerboard, checkerboard, 0, 7.5, off_interfaces=True)[0])
 
 
 def test_fd_residual_is_second_order_on_analytic_fields():
