@@ -355,7 +355,8 @@ def share_pair_bank(src_dir, dst_dir, **settings) -> bool:
 
 
 def load_student(student_dir, device="cpu"):
-    """(Student in eval mode, checkpoint dict, Normalizer, ResidualOperator)."""
+    """(Student in eval mode, checkpoint dict, Normalizer, ResidualOperator); the operator beside
+    the checkpoint must be of the student's problem, parameters, grid and channels."""
     ckpt = checkpoint.load(student_dir, kind="student")
     net = build_network(ckpt["config"], device)
     net.load_state_dict(ckpt["ema"])
@@ -365,6 +366,12 @@ def load_student(student_dir, device="cpu"):
         raise PiddmError(f"{op_path.parent} holds no {OPERATOR_FILE} beside the student; copy it from "
                          "the distillation run directory (`piddm distill` writes it there)")
     operator = ResidualOperator.from_file(op_path).to(device)
+    have = (operator.problem, operator.params, operator.resolution, list(operator.channels))
+    want = (ckpt["problem"], dict(ckpt.get("params", {})), int(ckpt["resolution"]), list(ckpt["channels"]))
+    if have != want:
+        raise PiddmError(f"{op_path}: the operator is for {have[0]} S={have[2]} {have[1]} but the student "
+                         f"was trained on {want[0]} S={want[2]} {want[1]}; copy the {OPERATOR_FILE} of the "
+                         "student's own distillation run beside it")
     return student, ckpt, Normalizer.from_dict(ckpt["normalization"]), operator
 
 

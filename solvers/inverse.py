@@ -108,23 +108,29 @@ class AdjointInversion:
 
     def run(self, a_start=None, maxiter: int = MAXITER) -> dict:
         """L-BFGS-B from ``a_start`` (grid [S, S] or None). Returns the recovered a on the grid,
-        the iterations, the relative RMS misfit after every iteration and the seconds."""
+        the iterations, the relative RMS misfit after every iteration and the seconds. Records on
+        a tape of its own; the caller's tape and annotation state are as they were."""
+        was_annotating = fa.annotate_tape()
+        try:
+            return self._run(a_start, maxiter)
+        finally:
+            (fa.continue_annotation if was_annotating else fa.pause_annotation)()
+
+    def _run(self, a_start, maxiter: int) -> dict:
         t0 = time.perf_counter()
         m = self.gridmap.from_grid(self.start(a_start), fd.Function(self.V, name="m"))
         with fa.set_working_tape(fa.Tape()) as tape:
             fa.continue_annotation()
-            try:
-                misfit = self._misfit(self._solve(m))
-                J = misfit + fd.assemble(0.5 * self.alpha * fd.inner(fd.grad(m), fd.grad(m)) * fd.dx)
-                evaluated = [np.sqrt(2 * float(misfit))]  # the relative RMS misfit of every evaluation
+            misfit = self._misfit(self._solve(m))
+            J = misfit + fd.assemble(0.5 * self.alpha * fd.inner(fd.grad(m), fd.grad(m)) * fd.dx)
+            evaluated = [np.sqrt(2 * float(misfit))]  # the relative RMS misfit of every evaluation
 
-                def record(j, control):  # read off the tape: no extra solve
-                    evaluated.append(np.sqrt(2 * float(misfit.block_variable.saved_output)))
+            def record(j, control):  # read off the tape: no extra solve
+                evaluated.append(np.sqrt(2 * float(misfit.block_variable.saved_output)))
 
-                # l2 Riesz map: SciPy optimises the coefficient vector, so it needs that gradient
-                rf = fa.ReducedFunctional(J, fa.Control(m, riesz_map="l2"), tape=tape, eval_cb_post=record)
-            finally:
-                fa.pause_annotation()
+            # l2 Riesz map: SciPy optimises the coefficient vector, so it needs that gradient
+            rf = fa.ReducedFunctional(J, fa.Control(m, riesz_map="l2"), tape=tape, eval_cb_post=record)
+            fa.pause_annotation()
             history, current = [evaluated[0]], fd.Function(self.V)
 
             def callback(xk):  # after each iteration; its last evaluation was at the new iterate

@@ -43,12 +43,6 @@ class Surrogate:
 
         student, ckpt, normalizer, operator = load_student(student_dir, resolve_device(device))
         problem = get_problem(ckpt["problem"], **ckpt.get("params", {}))
-        have = (operator.problem, operator.params, operator.resolution, operator.channels)
-        want = (problem.name, dict(problem.params), int(ckpt["resolution"]), list(ckpt["channels"]))
-        if have != want:
-            raise PiddmError(f"{student_dir}: its operator is for {have[0]} S={have[2]} {have[1]} but the "
-                             f"student was trained on {want[0]} S={want[2]} {want[1]}; copy the "
-                             "operator.h5 of the student's own distillation run beside it")
         return cls(student, ckpt, normalizer, operator, problem, where=str(student_dir))
 
     @property

@@ -124,6 +124,13 @@ def test_adjoint_inversion_gradient_and_convergence():
     assert np.linalg.norm(a - truth[0]) < 0.75 * np.linalg.norm(7.5 - truth[0])
     from_truth = inv.run(truth[0], maxiter=40)
     assert from_truth["history"][0] < result["history"][0]
+    for annotating in (True, False):  # the caller's annotation state is left as it was
+        (fa.continue_annotation if annotating else fa.pause_annotation)()
+        try:
+            inv.run(maxiter=1)
+            assert fa.annotate_tape() == annotating
+        finally:
+            fa.pause_annotation()
 
 
 def test_every_method_through_the_cli(cli, tiny_student, darcy_file, tmp_path):

@@ -7,7 +7,7 @@ import firedrake as fd
 import numpy as np
 import pytest
 
-from conftest import assert_validates
+from conftest import assert_one_line_error, assert_validates
 from piddm_fem import schema
 from piddm_fem.errors import PiddmError
 from piddm_fem.solvers import get_problem
@@ -114,15 +114,19 @@ def test_bad_input_is_a_one_line_error(surrogate, tiny_student, tiny_teacher, tm
         Surrogate.load(bare)
 
 
-def test_student_with_another_problems_operator_is_refused(tiny_student, tmp_path):
+def test_student_with_another_problems_operator_is_refused(tiny_student, darcy_file, tmp_path, cli):
     from piddm_fem.solvers.export import extract_operator
 
     wrong = tmp_path / "wrong"
     shutil.copytree(tiny_student, wrong)
     (wrong / "operator.h5").unlink()
     schema.write_operator(wrong / "operator.h5", extract_operator(get_problem("poisson"), 17))
-    with pytest.raises(PiddmError, match="its operator is for poisson"):
+    with pytest.raises(PiddmError, match="the operator is for poisson"):
         Surrogate.load(wrong)
+    for args in (("sample", wrong, "--n", 1, "--out", tmp_path / "s.h5"),  # every user of the student
+                 ("infer", wrong, "--task", "forward", "--data", darcy_file, "--index", 0, "--out", tmp_path / "i.h5")):
+        code, _, err = cli(*args)
+        assert_one_line_error(code, err, "the operator is for poisson", "copy the operator.h5")
 
 
 def test_nonlinear_problem_runs_the_whole_pipeline(rd_student, tmp_path, cli):
