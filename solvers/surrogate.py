@@ -63,35 +63,45 @@ class Surrogate:
         return {name: self.disc.gridmap.from_grid(fields[c], fd.Function(self.V, name=name))
                 for c, name in enumerate(self.channels)}
 
+    def inputs(self) -> list[str]:
+        """The channels a prediction is given: the coefficients, and the unknown where the problem
+        takes it as data on some sides (e.g. Burgers' initial condition on t = 0)."""
+        return list(self.problem.coefficients) + ([self.problem.unknown] if self.problem.data else [])
+
     def coefficient_grid(self, coefficients: dict) -> np.ndarray:
-        """[C, S, S] with the coefficient channels filled from Functions (any mesh covering the
-        unit square, any scalar space) or [S, S] arrays, and the unknown's channel zero."""
-        missing = [c for c in self.problem.coefficients if c not in coefficients]
+        """[C, S, S] with the input channels (``inputs``) filled from Functions (any mesh covering
+        the unit square, any scalar space) or [S, S] arrays, as ``Problem.sample_coefficients``
+        gives them; the unknown's channel is zero unless it is an input (of which the forward task
+        reads its data sides only)."""
+        missing = [c for c in self.inputs() if c not in coefficients]
         if missing:
-            raise PiddmError(f"coefficients {missing} missing; {self.problem.name} needs "
-                             f"{list(self.problem.coefficients)} as Functions or [S, S] arrays")
+            raise PiddmError(f"inputs {missing} missing; {self.problem.name} needs {self.inputs()} as "
+                             "Functions or [S, S] arrays")
         grid = np.zeros((len(self.channels), self.S, self.S))
-        for name in self.problem.coefficients:
+        for name in self.inputs():
             grid[self.channels.index(name)] = self._on_grid(name, coefficients[name])
         return grid
 
     def _on_grid(self, name: str, value) -> np.ndarray:
         if isinstance(value, fd.Function):
+            if value.ufl_shape != ():
+                raise PiddmError(f"input {name!r} is a Function of shape {value.ufl_shape}; give a scalar "
+                                 "Function (or an [S, S] grid array)")
             if value.function_space() == self.V:
                 values = self.disc.gridmap.to_grid(value)
             else:
                 try:
                     values = sample_on_grid(value, self.S)
                 except fd.VertexOnlyMeshMissingPointsError:
-                    raise PiddmError(f"coefficient {name!r} lives on a mesh that does not cover the "
+                    raise PiddmError(f"input {name!r} lives on a mesh that does not cover the "
                                      "unit square; give it on a mesh of [0, 1]^2") from None
         else:
             values = np.asarray(value, dtype=float)
             if values.shape != (self.S, self.S):
-                raise PiddmError(f"coefficient {name!r} has shape {values.shape}; give a Function or "
+                raise PiddmError(f"input {name!r} has shape {values.shape}; give a Function or "
                                  f"an [{self.S}, {self.S}] grid array")
         if not np.isfinite(values).all():
-            raise PiddmError(f"coefficient {name!r} contains NaN or Inf; pass finite values")
+            raise PiddmError(f"input {name!r} contains NaN or Inf; pass finite values")
         return values
 
     def _in_space(self, values: np.ndarray, V, name: str) -> fd.Function:
@@ -115,8 +125,8 @@ class Surrogate:
 
     def predict(self, coefficients, steps: int = 0, restarts: int = RESTARTS, lam: float | None = None, seed: int = 0,
                 V=None, norm: str | None = None):
-        """The unknown for ``coefficients`` (a dict of Functions or grids, or a list of such dicts,
-        predicted in one batch) by Algorithm 3's forward task: ``steps`` Adam steps on eps with
+        """The unknown for ``coefficients`` (a dict of Functions or grids of the problem's
+        ``inputs``, or a list of such dicts, predicted in one batch) by Algorithm 3's forward task: ``steps`` Adam steps on eps with
         the physics penalty in ``norm`` (None: the operator's natural norm) weighted by ``lam``
         (None: the norm's default, ``tasks.TASK_LAMBDA``), ensemble mean of ``restarts``; ``steps=0`` is one student
         call on the best-fitting restart. Returns a Function (a list for a list) in ``V``, by

@@ -105,19 +105,29 @@ def tiny_student(darcy_file, tiny_teacher, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def rd_student(tmp_path_factory):
-    """The whole pipeline on the nonlinear reaction_diffusion problem, tiny: (data, teacher, student)."""
+def tiny_pipeline(problem: str, root):
+    """The whole pipeline on ``problem``, tiny: (data, teacher, student) under ``root``."""
     from piddm_fem.solvers import get_problem
     from piddm_fem.solvers.generate import generate
     from piddm_fem.student import distill
     from piddm_fem.teacher import train_teacher
 
-    root = tmp_path_factory.mktemp("rd")
-    data, teacher, student = root / "rd17.h5", root / "teacher", root / "student"
-    generate(get_problem("reaction_diffusion"), 6, 17, 3, data, show_progress=False)
+    data, teacher, student = root / "data17.h5", root / "teacher", root / "student"
+    generate(get_problem(problem), 6, 17, 3, data, show_progress=False)
     train_teacher(data, teacher, steps=4, batch=4, size="tiny", device="cpu", progress=False,
                   val_every=2, val_samples=2, warmup=1)
     distill(teacher, data, student, steps=4, device="cpu", progress=False, lambda_train=1e-3,
             pairs=8, teacher_steps=2, batch=4, val_pairs=4, val_every=2, refresh=2)
     return data, teacher, student
+
+
+@pytest.fixture(scope="session")
+def rd_student(tmp_path_factory):
+    """The nonlinear reaction_diffusion problem's tiny pipeline."""
+    return tiny_pipeline("reaction_diffusion", tmp_path_factory.mktemp("rd"))
+
+
+@pytest.fixture(scope="session")
+def burgers_student(tmp_path_factory):
+    """Space-time Burgers' tiny pipeline (the unknown is data on t = 0)."""
+    return tiny_pipeline("burgers", tmp_path_factory.mktemp("burgers"))

@@ -101,6 +101,8 @@ def test_bad_input_is_a_one_line_error(surrogate, tiny_student, tiny_teacher, tm
         surrogate.predict({"f": np.ones((S, S))})
     with pytest.raises(PiddmError, match="shape"):
         surrogate.predict({"a": np.ones((S + 1, S))})
+    with pytest.raises(PiddmError, match=r"input 'a' is a Function of shape \(2,\); give a scalar"):
+        surrogate.predict({"a": fd.Function(fd.VectorFunctionSpace(surrogate.mesh, "Q", 1))})
     with pytest.raises(PiddmError, match="trained on darcy S=17"):
         surrogate.check_matches(get_problem("poisson"), S)
     with pytest.raises(PiddmError, match="S=17"):
@@ -127,6 +129,22 @@ def test_student_with_another_problems_operator_is_refused(tiny_student, darcy_f
                  ("infer", wrong, "--task", "forward", "--data", darcy_file, "--index", 0, "--out", tmp_path / "i.h5")):
         code, _, err = cli(*args)
         assert_one_line_error(code, err, "the operator is for poisson", "copy the operator.h5")
+
+
+def test_a_burgers_prediction_starts_from_the_given_initial_condition(burgers_student, cli):
+    from piddm_fem.solvers.generate import sample_rng
+
+    surrogate = Surrogate.load(burgers_student[2], device="cpu")
+    assert surrogate.inputs() == ["u"]  # no coefficient: the unknown is data on t = 0
+    given = surrogate.problem.sample_coefficients(surrogate.S, sample_rng(10_000, 0))["u"]
+    for scale in (1.0, 10.0):
+        u = surrogate.predict({"u": scale * given})
+        row0 = surrogate.disc.gridmap.to_grid(u)[0]
+        np.testing.assert_allclose(row0, scale * given[0], atol=1e-12)  # the forward task observes it
+    with pytest.raises(PiddmError, match=r"inputs \['u'\] missing; burgers needs \['u'\]"):
+        surrogate.predict({})
+    code, out, err = cli("solve", "burgers", "--res", "17", "--warm-start", burgers_student[2])
+    assert code == 0, err
 
 
 def test_nonlinear_problem_runs_the_whole_pipeline(rd_student, tmp_path, cli):
