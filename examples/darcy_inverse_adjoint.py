@@ -18,27 +18,17 @@ import numpy as np  # noqa: E402
 
 from piddm_fem import metrics  # noqa: E402
 from piddm_fem.solvers.generate import sample_rng  # noqa: E402
+from piddm_fem.solvers.gridmap import point_values  # noqa: E402
 from piddm_fem.solvers.inverse import AdjointInversion, alpha_for, invert  # noqa: E402
-from piddm_fem.solvers.surrogate import Surrogate  # noqa: E402
-from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
-
-import firedrake as fd  # noqa: E402, I001  (after piddm: PETSc must not parse our options)
-
-
-def point_values(f, points: np.ndarray) -> np.ndarray:
-    """f at the points, in their order: interpolation onto a VertexOnlyMesh."""
-    vom = fd.VertexOnlyMesh(f.function_space().mesh(), points, redundant=True)
-    at = fd.assemble(fd.interpolate(f, fd.FunctionSpace(vom, "DG", 0)))
-    return fd.Function(fd.FunctionSpace(vom.input_ordering, "DG", 0)).interpolate(at).dat.data_ro.copy()
+from quickstart import example_arguments, run  # noqa: E402  (examples/quickstart.py, beside this file)
 
 
 def main():
-    args, student = example_arguments(__doc__, "darcy", "inverse_out", **{
+    args, surrogate = example_arguments(__doc__, "darcy", "inverse_out", **{
         "--problems": (int, 2, "held-out problems in part 2"),
         "--iterations": (int, 100, "L-BFGS-B iterations at most")})
-    surrogate = Surrogate.load(student, device="cpu")
     disc, S = surrogate.disc, surrogate.S
-    threshold = (disc.problem.params["a_low"] + disc.problem.params["a_high"]) / 2
+    threshold = disc.problem.thresholds()["a"]
 
     # Ground truth for held-out draws (seed 10000; the datasets use seed 0): Firedrake solves.
     truth = []
@@ -70,4 +60,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -9,6 +9,7 @@ other examples import ``train_pipeline`` from here for their ``--quick`` student
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
@@ -17,7 +18,8 @@ import numpy as np
 
 from piddm_fem import schema
 from piddm_fem.checkpoint import DONE
-from piddm_fem.recipe import DEMO, QUICK, distill_stage, generate_data, train_teacher_stage
+from piddm_fem.errors import PiddmError
+from piddm_fem.recipe import DEMO, QUICK, claim_folder, distill_stage, generate_data, train_teacher_stage
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
 
@@ -25,10 +27,12 @@ from piddm_fem.solvers.discrete import DiscreteProblem
 def train_pipeline(problem: str, out: Path, cfg: dict) -> Path:
     """Dataset, teacher and student for ``problem`` under ``out`` on the demo's recipe ``cfg``
     (piddm_fem.recipe: DEMO or QUICK); returns the student directory."""
-    out.mkdir(parents=True, exist_ok=True)
+    get_problem(problem)  # an unknown name fails before anything is written
     data, teacher, student = out / "data.h5", out / "teacher", out / "student"
     if data.exists() and (held := schema.read_info(data).problem) != problem:  # e.g. another example's
-        raise SystemExit(f"error: {out} holds a {held} pipeline, not {problem}; give another --out")
+        raise PiddmError(f"{out} holds a {held} pipeline, not {problem}; give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, cfg)
     if not data.exists():  # 1. Firedrake solves seeded coefficient draws; the file holds the operator
         generate_data(cfg, problem, data, progress=False)
     if not (teacher / DONE).exists():  # 2. an EDM diffusion teacher of the joint field (a, u)
@@ -38,10 +42,13 @@ def train_pipeline(problem: str, out: Path, cfg: dict) -> Path:
     return student
 
 
-def example_arguments(doc: str, problem: str, out: str, **extra) -> tuple[argparse.Namespace, Path]:
+def example_arguments(doc: str, problem: str, out: str, **extra):
     """The other examples' command line: --student DIR, or --quick (a tiny student trained for
-    ``problem`` under OUT/pipeline), --out, plus ``extra`` {"--name": (type, default, help)}.
-    Returns the parsed arguments and the student directory."""
+    ``problem`` under OUT/pipeline), --out, plus ``extra`` {"--name": (type, default, help)}, whose
+    integers are counts (at least 1). Returns the parsed arguments and the student as a
+    ``Surrogate`` of ``problem``."""
+    from piddm_fem.solvers.surrogate import Surrogate
+
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--student", type=Path, help=f"a {problem} student run directory")
     parser.add_argument("--quick", action="store_true", help="train a tiny student first (seconds)")
@@ -51,7 +58,23 @@ def example_arguments(doc: str, problem: str, out: str, **extra) -> tuple[argpar
     args = parser.parse_args()
     if args.student is None and not args.quick:
         parser.error("pass --student DIR or --quick")
-    return args, args.student or train_pipeline(problem, args.out / "pipeline", QUICK)
+    for name, (kind, _, _) in extra.items():
+        if kind is int and getattr(args, name.lstrip("-").replace("-", "_")) < 1:
+            parser.error(f"{name} must be at least 1")
+    surrogate = Surrogate.load(args.student or train_pipeline(problem, args.out / "pipeline", QUICK), device="cpu")
+    if surrogate.problem.name != problem:
+        raise PiddmError(f"{surrogate.where} is a {surrogate.problem.name} student; this example needs a "
+                         f"{problem} one (or --quick)")
+    return args, surrogate
+
+
+def run(main) -> None:
+    """An example's entry point: a PiddmError ends it with its one line and exit code 2."""
+    try:
+        main()
+    except PiddmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main():
@@ -79,4 +102,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,16 +14,14 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
-from piddm_fem.solvers.surrogate import Surrogate  # piddm first: PETSc must not parse our options
-from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
+from quickstart import example_arguments, run  # noqa: E402  (examples/quickstart.py; piddm first: PETSc must not parse our options)
 
 import firedrake as fd  # noqa: E402, I001
 
 
 def main():
-    args, student = example_arguments(__doc__, "darcy", "surrogate_out")
+    args, surrogate = example_arguments(__doc__, "darcy", "surrogate_out")
 
-    surrogate = Surrogate.load(student, device="cpu")
     problem = surrogate.problem
 
     # Joint samples as Functions on the student's own Q1 mesh.
@@ -45,7 +43,7 @@ def main():
     u, v = fd.Function(V, name="u_fem"), fd.TestFunction(V)
     f = fd.Constant(problem.params["f"])
     t0 = time.perf_counter()
-    fd.solve(a * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - f * v * fd.dx == 0, u,
+    fd.solve(problem.form({"a": a, "u": u}, v) == 0, u,  # the PDE's own weak form, on the caller's mesh
              bcs=fd.DirichletBC(V, 0.0, "on_boundary"), solver_parameters=problem.solver_parameters)
     t_fem = time.perf_counter() - t0
 
@@ -65,4 +63,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

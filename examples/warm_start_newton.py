@@ -15,17 +15,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one th
 
 from piddm_fem.solvers.discrete import STOP_RTOL  # piddm first: PETSc must not parse our options
 from piddm_fem.solvers.generate import sample_rng
-from piddm_fem.solvers.surrogate import Surrogate
-from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
+from quickstart import example_arguments, run  # noqa: E402  (examples/quickstart.py, beside this file)
 
 import firedrake as fd  # noqa: E402, I001
 
 
 def main():
-    args, student = example_arguments(__doc__, "reaction_diffusion", "warm_start_out",
+    args, surrogate = example_arguments(__doc__, "reaction_diffusion", "warm_start_out",
                                       **{"--draws": (int, 3, "held-out coefficient draws")})
 
-    surrogate = Surrogate.load(student, device="cpu")
     disc = surrogate.disc  # the student's problem on its grid: form, BCs, solvers
     surrogate.predict(disc.problem.sample_coefficients(disc.S, sample_rng(10_000, 0)))  # warm-up call
     print(f"{'draw':>4} {'start':>6} {'Newton':>6} {'linear':>6} {'solve s':>8} {'student s':>9}")
@@ -60,4 +58,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

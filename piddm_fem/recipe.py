@@ -71,6 +71,16 @@ def distill_stage(cfg: dict, data, teacher_dir, student_dir, device, progress: b
                                 ema_decay=cfg["ema_decay"], progress=progress)
 
 
+def claim_folder(out_dir: Path, cfg: dict) -> None:
+    """Record the recipe ``cfg`` (``DEMO`` or ``QUICK``) in OUT/recipe.json, refusing a folder
+    made with another one: the stages skip what exists, so one folder holds one recipe."""
+    made_with = Path(out_dir) / "recipe.json"
+    if made_with.exists() and json.loads(made_with.read_text()) != json.loads(json.dumps(cfg)):
+        raise PiddmError(f"{out_dir} holds a run made with other settings ({made_with}); pass another "
+                         f"--out, or {'drop' if cfg is QUICK else 'add'} --quick to continue that run")
+    write_atomic(made_with, json.dumps(cfg, indent=1))
+
+
 def run_demo(out_dir, quick: bool = False, device: str = "auto", console: Console | None = None) -> Path:
     """The whole recipe (``QUICK``: a seconds-long smoke run) into ``out_dir``; returns the report."""
     import os
@@ -82,11 +92,7 @@ def run_demo(out_dir, quick: bool = False, device: str = "auto", console: Consol
     console = console or Console(soft_wrap=True)
     cfg = QUICK if quick else DEMO
     out_dir = checks.output_dir(out_dir)
-    made_with = out_dir / "recipe.json"  # the stages skip what exists, so one folder holds one recipe
-    if made_with.exists() and json.loads(made_with.read_text()) != json.loads(json.dumps(cfg)):
-        raise PiddmError(f"{out_dir} holds a demo run made with other settings ({made_with}); pass another "
-                         f"--out, or {'drop' if quick else 'add'} --quick to continue that run")
-    write_atomic(made_with, json.dumps(cfg, indent=1))
+    claim_folder(out_dir, cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # the learning stages use every core (OMP is 1 for PETSc)
     try:

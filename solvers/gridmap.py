@@ -41,13 +41,16 @@ class GridMap:
         return f
 
 
+def point_values(f, points: np.ndarray) -> np.ndarray:
+    """[K] values of any scalar Function at the points [K, 2], in their order (a VertexOnlyMesh)."""
+    vom = fd.VertexOnlyMesh(f.function_space().mesh(), points, redundant=True)
+    at_points = fd.assemble(fd.interpolate(f, fd.FunctionSpace(vom, "DG", 0)))
+    ordered = fd.Function(fd.FunctionSpace(vom.input_ordering, "DG", 0))
+    ordered.interpolate(at_points)
+    return ordered.dat.data_ro.copy()
+
+
 def sample_on_grid(f, S: int) -> np.ndarray:
     """Point values [S, S] of any scalar Function at the grid nodes (any space, any mesh)."""
     X, Y = grid.coordinates(S)
-    points = np.column_stack([X.ravel(), Y.ravel()])
-    vom = fd.VertexOnlyMesh(f.function_space().mesh(), points, redundant=True)
-    P0 = fd.FunctionSpace(vom, "DG", 0)
-    at_points = fd.assemble(fd.interpolate(f, P0))
-    ordered = fd.Function(fd.FunctionSpace(vom.input_ordering, "DG", 0))
-    ordered.interpolate(at_points)
-    return ordered.dat.data_ro.copy().reshape(S, S)
+    return point_values(f, np.column_stack([X.ravel(), Y.ravel()])).reshape(S, S)

@@ -17,6 +17,15 @@ def run(script, *args):
     return proc.stdout
 
 
+def refused(script, *args, says: str) -> None:
+    """The example ends with exit code 2 and an error line saying ``says``, no traceback."""
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(
+        ("error:", f"{script}: error:")), proc.stderr
+
+
 @pytest.mark.slow
 def test_quickstart_then_surrogate_in_firedrake(tmp_path):
     out = run("quickstart.py", "--quick", "--out", tmp_path / "pipeline")
@@ -33,9 +42,13 @@ def test_quickstart_then_surrogate_in_firedrake(tmp_path):
     assert rel < 1.0  # the quick student's u is closer to the FEM solution than u = 0
     assert (tmp_path / "surrogate.pvd").exists()
     # another problem's example never reuses this Darcy student in OUT/pipeline
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "warm_start_newton.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1 and "holds a darcy pipeline, not reaction_diffusion" in proc.stderr, proc.stderr
+    refused("warm_start_newton.py", "--quick", "--out", tmp_path, says="holds a darcy pipeline, not reaction_diffusion")
+    # nor does the demo's recipe reuse the quick run, and an unknown problem leaves no folder behind
+    refused("quickstart.py", "--out", tmp_path / "pipeline", says="holds a run made with other settings")
+    refused("quickstart.py", "--problem", "bogus", "--quick", "--out", tmp_path / "bogus", says="bogus")
+    assert not (tmp_path / "bogus").exists()
+    refused("darcy_inverse_adjoint.py", "--student", tmp_path / "pipeline" / "student", "--problems", 0,
+            says="--problems must be at least 1")
 
 
 @pytest.mark.slow
@@ -50,6 +63,10 @@ def test_warm_start_newton(tmp_path):
     # script, same guess and stopping test, counts what the last draw counted
     assert all(int(w[2]) < int(z[2]) for z, w in zip(rows[::2], rows[1::2]))
     assert [int(line.split(":")[1].split()[0]) for line in plain] == [int(rows[2][2]), int(rows[3][2])]
+    # the Darcy examples refuse this reaction_diffusion student, and a draw count of 0
+    refused("surrogate_in_firedrake.py", "--student", tmp_path / "pipeline" / "student",
+            says="is a reaction_diffusion student; this example needs a darcy one")
+    refused("warm_start_newton.py", "--quick", "--draws", 0, "--out", tmp_path, says="--draws must be at least 1")
 
 
 @pytest.mark.slow
