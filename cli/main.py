@@ -163,6 +163,8 @@ def validate(file: Path = typer.Argument(..., help="Any file in the dataset sche
         checks.output_file(json_out, example="report.json")
     report = validate_file(file, max_residual)
     summary = report["summary"]
+    if not summary["n_ok"]:
+        raise PiddmError(f"{file}: no sample has status ok; nothing to validate")
     table = Table(title=f"{file}: {report['problem']} S={report['resolution']} ({report['source']})")
     for col in ("sample", "status", "fem_residual", "torch_residual"):
         table.add_column(col, justify="right")
@@ -178,8 +180,6 @@ def validate(file: Path = typer.Argument(..., help="Any file in the dataset sche
                       f"(first: {summary['disagree'][0]})")
     if json_out:
         write_atomic(json_out, json.dumps(report, indent=1))
-    if not summary["n_ok"]:
-        raise PiddmError(f"{file}: no sample has status ok; nothing to validate")
     if not report["passed"]:
         console.print(f"[red]residual {summary['max']:.3e} exceeds tolerance {max_residual:g}")
         raise typer.Exit(1)

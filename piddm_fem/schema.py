@@ -129,6 +129,8 @@ def _open(path: Path, mode: str = "r"):
     h5py = _h5py()
     if not path.exists():
         raise PiddmError(f"{path}: no such file; check the path or create it with `piddm generate`")
+    if path.is_dir():
+        raise PiddmError(f"{path} is a folder; give an HDF5 file, e.g. {path / 'data.h5'}")
     try:
         return h5py.File(path, mode)
     except OSError as exc:

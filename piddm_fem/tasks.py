@@ -31,7 +31,9 @@ TASK_LAMBDA = {"l2": 1e-3, "dual": 0.35}  # the default weight of each relative 
 
 
 def task_weight(norm: str, lam: float | None) -> float:
-    """The physics weight on the tasks: ``lam``, or ``norm``'s default (``TASK_LAMBDA``) when None."""
+    """The physics weight on the tasks: ``lam`` (>= 0), or ``norm``'s default (``TASK_LAMBDA``) when None."""
+    if lam is not None and not lam >= 0:
+        raise PiddmError(f"physics weight {lam} must be >= 0 (0: no physics penalty)")
     return TASK_LAMBDA[check_norm(norm)] if lam is None else lam
 
 
@@ -80,10 +82,14 @@ def observation_mask(task: str, shape, channels: list[str], meta: dict, *, point
     S = 128, scaled with S^2, or ``points``), reconstruct a random ``fraction`` of every channel.
     Each problem n draws its nodes from (seed, n)."""
     N, C, S, _ = shape
+    observe = task_spec(meta, task)["observe"]
+    for option, key, value in (("--points", "points", points), ("--fraction", "fraction", fraction)):
+        if value is not None and not any(isinstance(r, dict) and key in r for r in observe.values()):
+            raise PiddmError(f"{option} does not apply to task {task}, which observes no random {key}; drop it")
     mask = torch.zeros(shape)
     for n in range(N):
         rng = np.random.default_rng([seed, n])
-        for name, region in task_spec(meta, task)["observe"].items():
+        for name, region in observe.items():
             mask[n, channels.index(name)] = _region(region, S, rng, f"task {task}", points, fraction).float()
     return mask
 

@@ -39,9 +39,16 @@ def test_bad_input_gives_one_line_errors(cli, tmp_path, darcy_file):
         dst.attrs.update(src.attrs)
         dst.attrs["schema_version"] = 99
     cases.append((("validate", old), ("schema version 99",)))
+    cases.append((("validate", tmp_path), ("is a folder", "give an HDF5 file")))
+    failed = tmp_path / "failed.h5"
+    shutil.copy(darcy_file, failed)
+    with h5py.File(failed, "r+") as f:
+        f["status"][:] = schema.STATUS_FAILED
+    cases.append((("validate", failed, "--json", tmp_path / "failed.json"), ("no sample has status ok",)))
     for args, words in cases:
         code, _, err = cli(*args)
         assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "failed.json").exists()  # nothing written on bad input
 
 
 def _write_raw(path, info, fields):

@@ -179,6 +179,10 @@ def test_inverse_bad_input(cli, tiny_student, darcy_file, rd_student, tmp_path):
         (tiny_student, "forward", darcy_file, ["--physics", "fem", "--out", "d.h5"], "belong to --task inverse"),
         (tiny_student, "forward", darcy_file, ["--physics-norm", "h1", "--out", "e.h5"], "unknown --physics-norm 'h1'"),
         (tiny_student, "forward", darcy_file, ["--lambda", "-1", "--out", "f.h5"], "--lambda"),
+        (tiny_student, "forward", darcy_file, ["--fraction", "2", "--out", "g.h5"],
+         "--fraction does not apply to task forward"),
+        (tiny_student, "inverse", darcy_file, ["--fraction", "0.5", "--out", "h.h5"], "--fraction does not apply"),
+        (tiny_student, "forward", darcy_file, ["--points", "5", "--out", "i.h5"], "--points does not apply"),
     ]
     for student, task, path, options, says in cases:
         options = [tmp_path / o if o.endswith((".json", ".h5")) else o for o in options]
