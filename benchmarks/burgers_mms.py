@@ -17,6 +17,7 @@ import numpy as np
 import piddm_fem  # noqa: F401  (before Firedrake: PETSc must not read our arguments)
 import firedrake as fd
 
+from piddm_fem.errors import script_main
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
 
@@ -51,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from piddm_fem import checkpoint, metrics, schema
+from piddm_fem.errors import script_main
 from piddm_fem.figures import plot_points
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.student import distill, sample_student, share_pair_bank
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

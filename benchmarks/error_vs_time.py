@@ -22,6 +22,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from piddm_fem.errors import script_main
 from piddm_fem.evaluation import compare, load_setup, make_budget
 from piddm_fem.interrupt import write_atomic
 from piddm_fem.report import headline, tradeoff_axes, tradeoff_figure, write_compare
@@ -91,4 +92,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

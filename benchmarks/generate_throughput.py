@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from piddm_fem.checks import check_range
+from piddm_fem.errors import script_main
 from piddm_fem.solvers import get_problem, mpiexec_env  # first: keeps PETSc off our argv
 
 import firedrake as fd  # noqa: E402
@@ -99,6 +101,7 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    check_range("--n", args.n, "[1, inf)")
     if args.worker:
         return worker(args.n, args.res, args.out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from piddm_fem import schema
+from piddm_fem.checks import check_choice, check_range
+from piddm_fem.errors import script_main
 from piddm_fem.interrupt import write_atomic
 from piddm_fem.solvers.inverse import MAXITER, METHODS, alpha_for, invert, iterations_to_reach
 from piddm_fem.solvers.surrogate import Surrogate
@@ -39,22 +41,26 @@ def calibrate(problem, data, train_indices, noise: float, adjoint_steps: int) ->
     scores = {}
     for alpha in ALPHAS:
         r = invert(problem, truth, ["adjoint"], seed=0, noise=noise, adjoint_steps=adjoint_steps, alpha=alpha)
-        scores[alpha] = r["methods"]["adjoint"]["summary"]["error_rate_a"]["median"]
+        scores[alpha] = r["methods"]["adjoint"]["summary"][f"error_rate_{r['coefficient']}"]["median"]
         print(f"calibration noise {noise}: alpha {alpha:g} -> median error rate {scores[alpha]:.4f}", flush=True)
     return min(scores, key=scores.get), scores
 
 
-def report(runs: list[dict], methods, header: str) -> dict:
-    """Print and return the table: per method, mean and std over seeds of the per-seed medians,
-    and the median iterations to reach the constant start's final misfit (within 1%)."""
+def report(runs: list[dict], methods, header: str, c: str) -> dict:
+    """Print and return the table: per method, mean and std over seeds of the per-seed medians of
+    the errors of the recovered coefficient ``c``, and the median iterations to reach the constant
+    start's final misfit (within 1%)."""
     print(header)
-    print(f"{'method':>13} {'error rate a':>15} {'rel. L2 a':>15} {'misfit':>19} {'iterations':>11} "
-          f"{'to cold misfit':>15} {'s/problem':>10}")
+    print(f"{'method':>13} {'error rate ' + c:>15} {'off interfaces':>15} {'rel. L2 ' + c:>15} {'misfit':>19} "
+          f"{'iterations':>11} {'to cold misfit':>15} {'s/problem':>10}")
     table = {}
+    keys = {"rate": f"error_rate_{c}", "off": f"error_rate_{c}_off_interfaces", "l2": f"rel_l2_{c}"}
     for name in methods:
-        med = {k: [run["methods"][name]["summary"][k]["median"] for run in runs]
-               for k in ("error_rate_a", "rel_l2_a", "misfit", "iterations", "seconds")}
+        summary = [run["methods"][name]["summary"] for run in runs]
+        med = {k: [s[k]["median"] for s in summary]
+               for k in (*keys.values(), "misfit", "iterations", "seconds") if k in summary[0]}
         table[name] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in med.items()}
+        off = med.get(keys["off"])  # runs saved before the fifteenth session have no such column
         to_cold = ""
         if name.endswith("adjoint") and "adjoint" in methods:
             reach = [iterations_to_reach(h, REACH * cold[-1]) for run in runs
@@ -63,8 +69,9 @@ def report(runs: list[dict], methods, header: str) -> dict:
             table[name]["iterations_to_cold_misfit"] = {
                 "median": float(np.median(reached)) if reached else None, "reached": len(reached), "of": len(reach)}
             to_cold = f"{np.median(reached):.0f} ({len(reached)}/{len(reach)})" if reached else "never"
-        print(f"{name:>13} {np.mean(med['error_rate_a']):>7.4f} +- {np.std(med['error_rate_a']):.4f} "
-              f"{np.mean(med['rel_l2_a']):>7.4f} +- {np.std(med['rel_l2_a']):.4f} "
+        print(f"{name:>13} {np.mean(med[keys['rate']]):>7.4f} +- {np.std(med[keys['rate']]):.4f} "
+              + (f"{np.mean(off):>7.4f} +- {np.std(off):.4f} " if off else f"{'':>15} ")
+              + f"{np.mean(med[keys['l2']]):>7.4f} +- {np.std(med[keys['l2']]):.4f} "
               f"{np.mean(med['misfit']):>9.2e} +- {np.std(med['misfit']):.1e} {np.mean(med['iterations']):>11.1f} "
               f"{to_cold:>15} {np.mean(med['seconds']):>10.2f}")
     return table
@@ -85,12 +92,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--from-json", type=Path, help="print the table of a saved run and exit")
     args = parser.parse_args()
+    check_range("--problems", args.problems, "[1, inf)")
+    check_range("--restarts", args.restarts, "[1, inf)")
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        report(saved["runs"], list(saved["runs"][0]["methods"]), saved["header"])
+        report(saved["runs"], list(saved["runs"][0]["methods"]), saved["header"], saved.get("coefficient", "a"))
         return
     if args.data is None or args.student is None:
         parser.error("--data and --student are needed (or --from-json)")
+    for name in args.methods:  # before any work, the calibration included
+        check_choice("--methods", name, METHODS)
     import torch
 
     torch.set_num_threads(1)
@@ -114,9 +125,10 @@ def main() -> None:
     points = int(r["mask"][0, surrogate.channels.index(surrogate.problem.unknown)].sum())
     header = (f"\n{surrogate.problem.name} S={surrogate.S}, {len(test)} test problems, {points} observed nodes, "
               f"noise {args.noise}, alpha {alpha:g}, seeds {args.seeds}: mean +- std over seeds of the medians")
-    table = report(runs, args.methods, header)
+    table = report(runs, args.methods, header, r["coefficient"])
     if args.json:
         write_atomic(args.json, json.dumps({"problem": surrogate.problem.name, "S": surrogate.S, "points": points,
+                                         "coefficient": r["coefficient"],
                                          "noise": args.noise, "alpha": alpha, "calibration": scores,
                                          "test_indices": test.tolist(), "header": header,
                                          "settings": vars(args) | {k: str(getattr(args, k)) for k in
@@ -125,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from piddm_fem import checkpoint
+from piddm_fem.errors import script_main
 from piddm_fem.evaluation import compare, load_setup, make_budget
 from piddm_fem.report import write_compare
 from piddm_fem.student import PHYSICS_START, distill_late_physics
@@ -96,6 +97,6 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     try:
-        main()
+        script_main(main)
     except KeyboardInterrupt:  # the time limit of benchmarks/gpu_session.sh, or Ctrl-C
         sys.exit("stopped: the finished parts are saved; the same command continues from them")

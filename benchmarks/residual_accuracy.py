@@ -11,6 +11,7 @@ import argparse
 import numpy as np
 import torch
 
+from piddm_fem.errors import script_main
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.solvers import get_problem, problem_names
 from piddm_fem.solvers.discrete import DiscreteProblem
@@ -40,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

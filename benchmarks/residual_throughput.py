@@ -23,6 +23,8 @@ import time
 import torch
 
 from piddm_fem import grid, residual, schema
+from piddm_fem.checks import check_range
+from piddm_fem.errors import script_main
 from piddm_fem.residual import ResidualOperator
 
 
@@ -115,6 +117,7 @@ def main() -> None:
     p.add_argument("--chunk-nodes", type=int, action="append", default=[],
                    help="also time the CPU stencil path on batch chunks of this many nodes")
     args = p.parse_args()
+    check_range("--batch", args.batch, "[1, inf)")
     sizes = [grid.check_resolution(S) for S in args.res or [64, 128]]
     if args.operator:
         for path in args.operator:
@@ -139,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from piddm_fem.errors import script_main
 from piddm_fem.evaluation import _aggregate
 from piddm_fem.report import tradeoff_figure
 
@@ -83,4 +84,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -31,6 +31,7 @@ import torch
 from piddm_fem import checkpoint, metrics, schema
 from piddm_fem.data import Normalizer
 from piddm_fem.dual_norm import PHYSICS_NORMS, PhysicsPenalty
+from piddm_fem.errors import script_main
 from piddm_fem.figures import plot_lines
 from piddm_fem.interrupt import write_atomic
 from piddm_fem.residual import ResidualOperator
@@ -141,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

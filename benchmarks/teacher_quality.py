@@ -12,6 +12,7 @@ import json
 
 from piddm_fem import checkpoint, metrics, schema
 from piddm_fem.edm import HEUN_STEPS
+from piddm_fem.errors import script_main
 from piddm_fem.evaluation import fem_relative
 from piddm_fem.teacher import dataset_splits, sample_teacher
 
@@ -45,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

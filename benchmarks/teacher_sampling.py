@@ -19,7 +19,9 @@ import time
 
 import torch
 
+from piddm_fem.checks import check_range
 from piddm_fem.edm import HEUN_STEPS, SIGMA_MAX, EDMPrecond, heun_sample, noise_for_indices
+from piddm_fem.errors import script_main
 from piddm_fem.teacher import load_teacher, memory_format
 from piddm_fem.unet import UNet, preset
 
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cpu and/or cuda")
     parser.add_argument("--variants", action="store_true", help="also layouts x fp32/bf16 x batch at N_s = 18")
     args = parser.parse_args()
+    check_range("--batch", args.batch, "[1, inf)")
 
     devices = [torch.device(d) for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     for device in devices:
@@ -103,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from piddm_fem.errors import script_main
 from piddm_fem.interrupt import write_atomic
 from piddm_fem.student import Distiller
 from piddm_fem.teacher import TeacherTrainer, resolve_device, train_teacher
@@ -197,4 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from piddm_fem.checks import check_range
+from piddm_fem.errors import script_main
 from piddm_fem.interrupt import write_atomic
 from piddm_fem.metrics import summarize
 from piddm_fem.solvers.generate import sample_rng
@@ -86,6 +88,8 @@ def main() -> None:
                         help="time Surrogate.sample against the FEM solve only (e.g. an untrained S = 64 student)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON")
     args = parser.parse_args()
+    check_range("--n", args.n, "[1, inf)")
+    check_range("--restarts", args.restarts, "[1, inf)")
     import torch
 
     torch.set_num_threads(1)  # the FEM side runs on one core too
@@ -112,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

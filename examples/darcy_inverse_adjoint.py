@@ -17,10 +17,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one th
 import numpy as np  # noqa: E402
 
 from piddm_fem import metrics  # noqa: E402
+from piddm_fem.errors import script_main  # noqa: E402
 from piddm_fem.solvers.generate import sample_rng  # noqa: E402
 from piddm_fem.solvers.gridmap import point_values  # noqa: E402
 from piddm_fem.solvers.inverse import AdjointInversion, alpha_for, invert  # noqa: E402
-from quickstart import example_arguments, run  # noqa: E402  (examples/quickstart.py, beside this file)
+from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 
 def main():
@@ -60,4 +61,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    script_main(main)

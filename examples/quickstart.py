@@ -9,7 +9,6 @@ other examples import ``train_pipeline`` from here for their ``--quick`` student
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
@@ -18,7 +17,8 @@ import numpy as np
 
 from piddm_fem import schema
 from piddm_fem.checkpoint import DONE
-from piddm_fem.errors import PiddmError
+from piddm_fem.checks import check_range
+from piddm_fem.errors import PiddmError, script_main
 from piddm_fem.recipe import DEMO, QUICK, claim_folder, distill_stage, generate_data, train_teacher_stage
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
@@ -59,22 +59,13 @@ def example_arguments(doc: str, problem: str, out: str, **extra):
     if args.student is None and not args.quick:
         parser.error("pass --student DIR or --quick")
     for name, (kind, _, _) in extra.items():
-        if kind is int and getattr(args, name.lstrip("-").replace("-", "_")) < 1:
-            parser.error(f"{name} must be at least 1")
+        if kind is int:
+            check_range(name, getattr(args, name.lstrip("-").replace("-", "_")), "[1, inf)")
     surrogate = Surrogate.load(args.student or train_pipeline(problem, args.out / "pipeline", QUICK), device="cpu")
     if surrogate.problem.name != problem:
         raise PiddmError(f"{surrogate.where} is a {surrogate.problem.name} student; this example needs a "
                          f"{problem} one (or --quick)")
     return args, surrogate
-
-
-def run(main) -> None:
-    """An example's entry point: a PiddmError ends it with its one line and exit code 2."""
-    try:
-        main()
-    except PiddmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main():
@@ -102,4 +93,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    script_main(main)

@@ -14,7 +14,8 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
-from quickstart import example_arguments, run  # noqa: E402  (examples/quickstart.py; piddm first: PETSc must not parse our options)
+from piddm_fem.errors import script_main  # noqa: E402
+from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py; piddm first: PETSc must not parse our options)
 
 import firedrake as fd  # noqa: E402, I001
 
@@ -63,4 +64,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    script_main(main)

@@ -13,9 +13,10 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
-from piddm_fem.solvers.discrete import STOP_RTOL  # piddm first: PETSc must not parse our options
+from piddm_fem.errors import script_main  # piddm first: PETSc must not parse our options
+from piddm_fem.solvers.discrete import STOP_RTOL
 from piddm_fem.solvers.generate import sample_rng
-from quickstart import example_arguments, run  # noqa: E402  (examples/quickstart.py, beside this file)
+from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 import firedrake as fd  # noqa: E402, I001
 
@@ -58,4 +59,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    script_main(main)

@@ -15,3 +15,15 @@ def require_firedrake(what: str):
             "run `make setup` or use the .venv it creates"
         ) from None
     return firedrake
+
+
+def script_main(main) -> None:
+    """Run the ``main`` of a script (examples/, benchmarks/): a PiddmError ends it with its one
+    line and exit code 2, as the CLI's commands end."""
+    import sys
+
+    try:
+        main()
+    except PiddmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -25,6 +25,7 @@ from scipy.special import logit
 
 from piddm_fem import grid
 from piddm_fem.errors import PiddmError
+from piddm_fem.solvers import get_problem, problem_names
 from piddm_fem.solvers.gridmap import GridMap
 from piddm_fem.solvers.problem import SIDES
 from piddm_fem.tasks import RESTARTS, TASK_STEPS, infer_masked, observation_mask
@@ -58,8 +59,8 @@ def check_observations(points: np.ndarray, values: np.ndarray) -> None:
 def bounded_coefficient(problem) -> tuple[str, float, float]:
     bounds = problem.coefficient_bounds()
     if bounds is None:
-        raise PiddmError(f"{problem.name} has no bounded coefficient to invert; use darcy or "
-                         "reaction_diffusion")
+        bounded = [name for name in problem_names() if get_problem(name).coefficient_bounds() is not None]
+        raise PiddmError(f"{problem.name} has no bounded coefficient to invert; use {' or '.join(bounded)}")
     return bounds
 
 

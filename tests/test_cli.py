@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -143,6 +144,17 @@ def test_bench_rejects_an_unknown_benchmark(cli, tmp_path):
     code, _, err = cli("bench", "warm-start", "--", "--student", tmp_path / "t.txt")
     assert_one_line_error(code, err, "not a readable checkpoint")
     assert "weights_only" not in err
+    for which, options in (("residual", ["--batch"]), ("sampling", ["--batch"]), ("generate", ["--n"]),
+                           ("warm-start", ["--student", tmp_path / "t.txt", "--n"])):
+        option = options[-1]
+        code, _, err = cli("bench", which, "--", *options, "0")
+        assert_one_line_error(code, err, f"{option}=0 is outside [1, inf)")
+    # and so they are when a script is run directly, as the docs show
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "warm_start.py"
+    proc = subprocess.run([sys.executable, str(script), "--student", str(tmp_path / "t.txt")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error:"), proc.stderr
+    assert "not a readable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.fixture

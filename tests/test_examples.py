@@ -22,8 +22,7 @@ def refused(script, *args, says: str) -> None:
     proc = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(
-        ("error:", f"{script}: error:")), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error:"), proc.stderr
 
 
 @pytest.mark.slow
@@ -48,7 +47,7 @@ def test_quickstart_then_surrogate_in_firedrake(tmp_path):
     refused("quickstart.py", "--problem", "bogus", "--quick", "--out", tmp_path / "bogus", says="bogus")
     assert not (tmp_path / "bogus").exists()
     refused("darcy_inverse_adjoint.py", "--student", tmp_path / "pipeline" / "student", "--problems", 0,
-            says="--problems must be at least 1")
+            says="--problems=0 is outside [1, inf)")
 
 
 @pytest.mark.slow
@@ -66,7 +65,7 @@ def test_warm_start_newton(tmp_path):
     # the Darcy examples refuse this reaction_diffusion student, and a draw count of 0
     refused("surrogate_in_firedrake.py", "--student", tmp_path / "pipeline" / "student",
             says="is a reaction_diffusion student; this example needs a darcy one")
-    refused("warm_start_newton.py", "--quick", "--draws", 0, "--out", tmp_path, says="--draws must be at least 1")
+    refused("warm_start_newton.py", "--quick", "--draws", 0, "--out", tmp_path, says="--draws=0 is outside [1, inf)")
 
 
 @pytest.mark.slow
