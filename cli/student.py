@@ -95,7 +95,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
     from piddm_fem import checkpoint, checks, schema
     from piddm_fem.dual_norm import norm_for
     from piddm_fem.student import load_student
-    from piddm_fem.tasks import solve_task, task_weight
+    from piddm_fem.tasks import check_observation_options, solve_task, task_weight
     from piddm_fem.teacher import resolve_device
 
     if out_path is None and json_out is None:
@@ -113,6 +113,7 @@ def infer(student_dir: Path = typer.Argument(..., help="Student run directory or
         raise PiddmError("--physics, --adjoint-steps, --noise and --json belong to --task inverse")
     dev = resolve_device(device)
     student, ckpt, normalizer, operator = load_student(student_dir, dev)
+    check_observation_options(checkpoint.meta(ckpt), task, points, fraction)  # both paths below
     physics_norm = norm_for(operator, physics_norm)
     lam = task_weight(physics_norm, lam)
     info, truth, status = schema.read(data, index)

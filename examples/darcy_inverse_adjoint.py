@@ -21,13 +21,15 @@ from piddm_fem.errors import script_main  # noqa: E402
 from piddm_fem.solvers.generate import sample_rng  # noqa: E402
 from piddm_fem.solvers.gridmap import point_values  # noqa: E402
 from piddm_fem.solvers.inverse import AdjointInversion, alpha_for, invert  # noqa: E402
+from piddm_fem.solvers.surrogate import Surrogate  # noqa: E402
 from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 
 def main():
-    args, surrogate = example_arguments(__doc__, "darcy", "inverse_out", **{
+    args, student = example_arguments(__doc__, "darcy", "inverse_out", **{
         "--problems": (int, 2, "held-out problems in part 2"),
         "--iterations": (int, 100, "L-BFGS-B iterations at most")})
+    surrogate = Surrogate.load(student, device="cpu")
     disc, S = surrogate.disc, surrogate.S
     threshold = disc.problem.thresholds()["a"]
 

@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one th
 
 import numpy as np
 
-from piddm_fem import schema
+from piddm_fem import checkpoint, schema
 from piddm_fem.checkpoint import DONE
 from piddm_fem.checks import check_range
 from piddm_fem.errors import PiddmError, script_main
@@ -42,13 +42,11 @@ def train_pipeline(problem: str, out: Path, cfg: dict) -> Path:
     return student
 
 
-def example_arguments(doc: str, problem: str, out: str, **extra):
-    """The other examples' command line: --student DIR, or --quick (a tiny student trained for
-    ``problem`` under OUT/pipeline), --out, plus ``extra`` {"--name": (type, default, help)}, whose
-    integers are counts (at least 1). Returns the parsed arguments and the student as a
-    ``Surrogate`` of ``problem``."""
-    from piddm_fem.solvers.surrogate import Surrogate
-
+def example_arguments(doc: str, problem: str, out: str, **extra) -> tuple[argparse.Namespace, Path]:
+    """The other examples' command line: --student DIR (a ``problem`` student), or --quick (a tiny
+    student trained for ``problem`` under OUT/pipeline), --out, plus ``extra`` {"--name": (type,
+    default, help)}, whose integers are counts (at least 1). Returns the parsed arguments and the
+    student directory."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--student", type=Path, help=f"a {problem} student run directory")
     parser.add_argument("--quick", action="store_true", help="train a tiny student first (seconds)")
@@ -61,11 +59,9 @@ def example_arguments(doc: str, problem: str, out: str, **extra):
     for name, (kind, _, _) in extra.items():
         if kind is int:
             check_range(name, getattr(args, name.lstrip("-").replace("-", "_")), "[1, inf)")
-    surrogate = Surrogate.load(args.student or train_pipeline(problem, args.out / "pipeline", QUICK), device="cpu")
-    if surrogate.problem.name != problem:
-        raise PiddmError(f"{surrogate.where} is a {surrogate.problem.name} student; this example needs a "
-                         f"{problem} one (or --quick)")
-    return args, surrogate
+    if args.student is not None and (held := checkpoint.load(args.student, kind="student")["problem"]) != problem:
+        raise PiddmError(f"{args.student} is a {held} student; this example needs a {problem} one (or --quick)")
+    return args, args.student or train_pipeline(problem, args.out / "pipeline", QUICK)
 
 
 def main():

@@ -15,14 +15,16 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
 from piddm_fem.errors import script_main  # noqa: E402
-from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py; piddm first: PETSc must not parse our options)
+from piddm_fem.solvers.surrogate import Surrogate  # noqa: E402  piddm first: PETSc must not parse our options
+from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 import firedrake as fd  # noqa: E402, I001
 
 
 def main():
-    args, surrogate = example_arguments(__doc__, "darcy", "surrogate_out")
+    args, student = example_arguments(__doc__, "darcy", "surrogate_out")
 
+    surrogate = Surrogate.load(student, device="cpu")
     problem = surrogate.problem
 
     # Joint samples as Functions on the student's own Q1 mesh.

@@ -13,18 +13,20 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PETSc and Firedrake want one thread per rank
 
-from piddm_fem.errors import script_main  # piddm first: PETSc must not parse our options
-from piddm_fem.solvers.discrete import STOP_RTOL
+from piddm_fem.errors import script_main
+from piddm_fem.solvers.discrete import STOP_RTOL  # piddm's solvers first: PETSc must not parse our options
 from piddm_fem.solvers.generate import sample_rng
+from piddm_fem.solvers.surrogate import Surrogate
 from quickstart import example_arguments  # noqa: E402  (examples/quickstart.py, beside this file)
 
 import firedrake as fd  # noqa: E402, I001
 
 
 def main():
-    args, surrogate = example_arguments(__doc__, "reaction_diffusion", "warm_start_out",
+    args, student = example_arguments(__doc__, "reaction_diffusion", "warm_start_out",
                                       **{"--draws": (int, 3, "held-out coefficient draws")})
 
+    surrogate = Surrogate.load(student, device="cpu")
     disc = surrogate.disc  # the student's problem on its grid: form, BCs, solvers
     surrogate.predict(disc.problem.sample_coefficients(disc.S, sample_rng(10_000, 0)))  # warm-up call
     print(f"{'draw':>4} {'start':>6} {'Newton':>6} {'linear':>6} {'solve s':>8} {'student s':>9}")

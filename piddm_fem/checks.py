@@ -99,4 +99,3 @@ def check_choice(option: str, value, allowed) -> None:
     """The one-line error naming ``option`` when ``value`` is not one of ``allowed``."""
     if value not in allowed:
         raise PiddmError(f"unknown {option} {value!r}; choose {' or '.join(allowed)}")
-

@@ -85,13 +85,23 @@ def binary_error_rate(estimate, truth, channel: int, threshold: float, region=No
     return np.divide(wrong, total, out=np.full(len(t), np.nan), where=total > 0)
 
 
+def binary_errors(estimate, truth, channel: int, name: str, threshold: float, region=None) -> dict:
+    """{"error_rate_<name>": [N], "error_rate_<name>_off_interfaces": [N]}: the error rates of a
+    binary channel over ``region``, and over its nodes off the truth's interfaces."""
+    return {f"error_rate_{name}{suffix}": binary_error_rate(estimate, truth, channel, threshold, region,
+                                                             off_interfaces=off)
+            for suffix, off in (("", False), ("_off_interfaces", True))}
+
+
 def high_fraction(x, channel: int, threshold: float) -> float:
     """Fraction of a binary channel's values above its threshold (the high value's share)."""
     return float((_np(x)[:, channel] > threshold).mean())
 
 
 def summarize(values) -> dict:
-    """Median, mean, std, min and max of per-seed (or per-sample) values."""
+    """Median, mean, std, min and max of per-seed (or per-sample) values (NaN for none)."""
     v = np.asarray(values, float)
+    if v.size == 0:
+        return {"median": np.nan, "mean": np.nan, "std": np.nan, "min": np.nan, "max": np.nan, "n": 0}
     return {"median": float(np.median(v)), "mean": float(v.mean()), "std": float(v.std()),
             "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}

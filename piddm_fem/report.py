@@ -79,9 +79,10 @@ def _task_keys(methods, task) -> list[str]:
 
 def headline(keys) -> str:
     """A task's headline error among its metric ``keys``: the error rate of a binary channel where
-    there is one, else the first relative L2 error."""
+    there is one (over all its nodes), else the first relative L2 error."""
     keys = list(keys)
-    return next((k for k in keys if k.startswith("error_rate_")), next(k for k in keys if k.startswith("rel_l2_")))
+    return next((k for k in keys if k.startswith("error_rate_") and not k.endswith("_off_interfaces")),
+                next(k for k in keys if k.startswith("rel_l2_")))
 
 
 def tradeoff_axes(docs: list[dict]) -> list[tuple]:

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from piddm_fem.checks import check_range
 from piddm_fem.dual_norm import PhysicsPenalty, check_norm
 from piddm_fem.errors import PiddmError
 
@@ -32,9 +33,7 @@ TASK_LAMBDA = {"l2": 1e-3, "dual": 0.35}  # the default weight of each relative 
 
 def task_weight(norm: str, lam: float | None) -> float:
     """The physics weight on the tasks: ``lam`` (>= 0), or ``norm``'s default (``TASK_LAMBDA``) when None."""
-    if lam is not None and not lam >= 0:
-        raise PiddmError(f"physics weight {lam} must be >= 0 (0: no physics penalty)")
-    return TASK_LAMBDA[check_norm(norm)] if lam is None else lam
+    return TASK_LAMBDA[check_norm(norm)] if lam is None else check_range("physics weight", lam, "[0, inf)")
 
 
 def _region(region, S: int, rng: np.random.Generator | None, what: str,
@@ -75,6 +74,14 @@ def task_spec(meta: dict, task: str) -> dict:
     return meta["tasks"][task]
 
 
+def check_observation_options(meta: dict, task: str, points: int | None, fraction: float | None) -> None:
+    """Refuse ``points`` or ``fraction`` (given: not None) where ``task`` observes no such region."""
+    observe = task_spec(meta, task)["observe"]
+    for option, key, value in (("--points", "points", points), ("--fraction", "fraction", fraction)):
+        if value is not None and not any(isinstance(r, dict) and key in r for r in observe.values()):
+            raise PiddmError(f"{option} does not apply to task {task}, which observes no random {key}; drop it")
+
+
 def observation_mask(task: str, shape, channels: list[str], meta: dict, *, points: int | None = None,
                      fraction: float | None = None, seed: int = 0) -> torch.Tensor:
     """[N, C, S, S] float mask of what ``task`` observes, from the problem's metadata: e.g.
@@ -82,14 +89,11 @@ def observation_mask(task: str, shape, channels: list[str], meta: dict, *, point
     S = 128, scaled with S^2, or ``points``), reconstruct a random ``fraction`` of every channel.
     Each problem n draws its nodes from (seed, n)."""
     N, C, S, _ = shape
-    observe = task_spec(meta, task)["observe"]
-    for option, key, value in (("--points", "points", points), ("--fraction", "fraction", fraction)):
-        if value is not None and not any(isinstance(r, dict) and key in r for r in observe.values()):
-            raise PiddmError(f"{option} does not apply to task {task}, which observes no random {key}; drop it")
+    check_observation_options(meta, task, points, fraction)
     mask = torch.zeros(shape)
     for n in range(N):
         rng = np.random.default_rng([seed, n])
-        for name, region in observe.items():
+        for name, region in task_spec(meta, task)["observe"].items():
             mask[n, channels.index(name)] = _region(region, S, rng, f"task {task}", points, fraction).float()
     return mask
 
@@ -236,8 +240,6 @@ def task_errors(task: str, estimate, truth, operator, channels: list[str], meta:
         name = channels[c]
         errors[f"rel_l2_{name}"] = metrics.relative_l2(estimate, truth, c, region.numpy())
         if name in meta["thresholds"]:
-            for suffix, off in (("", False), ("_off_interfaces", True)):
-                errors[f"error_rate_{name}{suffix}"] = metrics.binary_error_rate(
-                    estimate, truth, c, meta["thresholds"][name], region.numpy(), off_interfaces=off)
+            errors.update(metrics.binary_errors(estimate, truth, c, name, meta["thresholds"][name], region.numpy()))
     errors["residual"] = metrics.residual(operator, estimate)
     return errors

@@ -247,9 +247,7 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
             x[n] = fields
             d, got = observed[n, u][mask[n, u]], fields[u][mask[n, u]]
             misfit[n] = np.sqrt(np.mean((got - d) ** 2)) / np.sqrt(np.mean(d**2))
-        errors = {f"error_rate_{name}": metrics.binary_error_rate(x, truth, c, threshold=threshold),
-                  f"error_rate_{name}_off_interfaces": metrics.binary_error_rate(x, truth, c, threshold=threshold,
-                                                                                off_interfaces=True),
+        errors = {**metrics.binary_errors(x, truth, c, name, threshold),
                   f"rel_l2_{name}": metrics.relative_l2(x, truth, c), "misfit": misfit,
                   "iterations": its.astype(float), "seconds": secs}
         out["methods"][key] = {

@@ -21,7 +21,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.discrete import DiscreteProblem
 from piddm_fem.solvers.gridmap import sample_on_grid
-from piddm_fem.tasks import LAMBDA_INFER, RESTARTS, infer_masked, observation_mask
+from piddm_fem.tasks import LAMBDA_INFER, RESTARTS, infer_masked, observation_mask, task_spec
 
 
 class Surrogate:
@@ -64,15 +64,14 @@ class Surrogate:
                 for c, name in enumerate(self.channels)}
 
     def inputs(self) -> list[str]:
-        """The channels a prediction is given: the coefficients, and the unknown where the problem
-        takes it as data on some sides (e.g. Burgers' initial condition on t = 0)."""
-        return list(self.problem.coefficients) + ([self.problem.unknown] if self.problem.data else [])
+        """The channels a prediction is given: those the forward task observes, i.e. the
+        coefficients, or the unknown's data where it has some (Burgers' initial condition)."""
+        return list(task_spec(self.problem.metadata(), "forward")["observe"])
 
-    def coefficient_grid(self, coefficients: dict) -> np.ndarray:
+    def input_grid(self, coefficients: dict) -> np.ndarray:
         """[C, S, S] with the input channels (``inputs``) filled from Functions (any mesh covering
         the unit square, any scalar space) or [S, S] arrays, as ``Problem.sample_coefficients``
-        gives them; the unknown's channel is zero unless it is an input (of which the forward task
-        reads its data sides only)."""
+        gives them, and the others zero (the forward task reads only what it observes)."""
         missing = [c for c in self.inputs() if c not in coefficients]
         if missing:
             raise PiddmError(f"inputs {missing} missing; {self.problem.name} needs {self.inputs()} as "
@@ -126,17 +125,18 @@ class Surrogate:
     def predict(self, coefficients, steps: int = 0, restarts: int = RESTARTS, lam: float | None = None, seed: int = 0,
                 V=None, norm: str | None = None):
         """The unknown for ``coefficients`` (a dict of Functions or grids of the problem's
-        ``inputs``, or a list of such dicts, predicted in one batch) by Algorithm 3's forward task: ``steps`` Adam steps on eps with
-        the physics penalty in ``norm`` (None: the operator's natural norm) weighted by ``lam``
-        (None: the norm's default, ``tasks.TASK_LAMBDA``), ensemble mean of ``restarts``; ``steps=0`` is one student
-        call on the best-fitting restart. Returns a Function (a list for a list) in ``V``, by
-        default Q1 on the student's mesh."""
+        ``inputs``, or a list of such dicts, predicted in one batch) by Algorithm 3's forward
+        task: ``steps`` Adam steps on eps with the physics penalty in ``norm`` (None: the
+        operator's natural norm) weighted by ``lam`` (None: the norm's default,
+        ``tasks.TASK_LAMBDA``), ensemble mean of ``restarts``; ``steps=0`` is one student call on
+        the best-fitting restart. Returns a Function (a list for a list) in ``V``, by default Q1
+        on the student's mesh."""
 
         many = isinstance(coefficients, (list, tuple))
         sets = list(coefficients) if many else [coefficients]
         if not sets:
             raise PiddmError("no coefficient sets given; pass a dict or a non-empty list of dicts")
-        observed = np.stack([self.coefficient_grid(c) for c in sets])
+        observed = np.stack([self.input_grid(c) for c in sets])
         unknown = self.channels.index(self.problem.unknown)
         mask = observation_mask("forward", observed.shape, self.channels, self.problem.metadata())
         result = infer_masked(self.student, self.normalizer, self.operator, observed, mask, steps=steps,

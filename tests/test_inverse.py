@@ -124,11 +124,12 @@ def test_adjoint_inversion_gradient_and_convergence():
     assert np.linalg.norm(a - truth[0]) < 0.75 * np.linalg.norm(7.5 - truth[0])
     from_truth = inv.run(truth[0], maxiter=40)
     assert from_truth["history"][0] < result["history"][0]
-    for annotating in (True, False):  # the caller's annotation state is left as it was
+    for annotating in (True, False):  # the caller's annotation state and tape are left as they were
         (fa.continue_annotation if annotating else fa.pause_annotation)()
         try:
+            blocks = len(fa.get_working_tape().get_blocks())
             inv.run(maxiter=1)
-            assert fa.annotate_tape() == annotating
+            assert fa.annotate_tape() == annotating and len(fa.get_working_tape().get_blocks()) == blocks
         finally:
             fa.pause_annotation()
 
@@ -182,6 +183,8 @@ def test_inverse_bad_input(cli, tiny_student, darcy_file, rd_student, tmp_path):
         (tiny_student, "forward", darcy_file, ["--fraction", "2", "--out", "g.h5"],
          "--fraction does not apply to task forward"),
         (tiny_student, "inverse", darcy_file, ["--fraction", "0.5", "--out", "h.h5"], "--fraction does not apply"),
+        (tiny_student, "inverse", darcy_file, ["--fraction", "0.5", "--physics", "fem", "--json", "j.json"],
+         "--fraction does not apply"),  # the FEM-in-the-loop path too
         (tiny_student, "forward", darcy_file, ["--points", "5", "--out", "i.h5"], "--points does not apply"),
     ]
     for student, task, path, options, says in cases:
