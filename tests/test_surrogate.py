@@ -145,6 +145,7 @@ def test_a_burgers_prediction_starts_from_the_given_initial_condition(burgers_st
         np.testing.assert_allclose(row0, scale * given[0], atol=1e-12)  # the forward task observes it
     with pytest.raises(PiddmError, match=r"inputs \['u'\] missing; burgers needs \['u'\]"):
         surrogate.predict({})
+    # the CLI hands the drawn initial condition over (else: "inputs ['u'] missing")
     code, out, err = cli("solve", "burgers", "--res", "17", "--warm-start", burgers_student[2])
     assert code == 0, err
 
