@@ -1,5 +1,11 @@
 """User-facing errors: one line that names the problem and the fix."""
 
+import os
+
+# this process's rank under mpiexec (None outside it): every rank fails alike, rank 0 says so
+MPI_RANK = next((int(os.environ[k]) for k in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+                 if k in os.environ), None)
+
 
 class PiddmError(Exception):
     """An error caused by input; the CLI prints it as one line and exits non-zero."""
@@ -19,11 +25,12 @@ def require_firedrake(what: str):
 
 def script_main(main) -> None:
     """Run the ``main`` of a script (examples/, benchmarks/): a PiddmError ends it with its one
-    line and exit code 2, as the CLI's commands end."""
+    line (on rank 0 under mpiexec) and exit code 2, as the CLI's commands end."""
     import sys
 
     try:
         main()
     except PiddmError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not MPI_RANK:
+            print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -246,6 +246,13 @@ def test_a_bad_parameter_under_mpiexec_is_one_clean_line(tmp_path):
         "error: problem 'darcy': tau=0.0 is outside (0, inf); pick a value in (0, inf)"], output
     assert "Traceback" not in output and "MPI_ABORT" not in output and "\x1b[" not in output
     assert not list(tmp_path.iterdir())
+    # a script's error (errors.script_main) is one line under mpiexec too
+    (tmp_path / "t.txt").write_text("not a checkpoint")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "warm_start.py"
+    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, str(script), "--student", str(tmp_path / "t.txt")],
+                          capture_output=True, text=True, timeout=300, env=mpiexec_env())
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and len([line for line in output.splitlines() if "error:" in line]) == 1, output
 
 
 def test_help_texts_are_printed_whole():
