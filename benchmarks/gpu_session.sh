@@ -25,8 +25,8 @@
 #    the 3% and 5% goals (5.0% and 14.3% at the comparison's 100 steps on the H200; on the CPU
 #    this protocol's student recipe took the forward error from 4.2% at 100 steps to 2.8% at
 #    400, docs/results.md, twelfth session). Every task row also has the error rate of a off the
-#    truth's interfaces (fifteenth session), which says how much of the inverse error at S = 64 is
-#    interfaces misplaced by a node and how much is wrong regions;
+#    truth's interfaces and at them (fifteenth session): how much of the inverse error at S = 64 is
+#    wrong regions and how near a coin toss the interface nodes are;
 # 6. every method of $METHODS over the same seeds, continuing the comparison where 3 left it;
 # 7. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
 #    the teacher and PIDDM-1 for `piddm validate` here;

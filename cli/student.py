@@ -171,6 +171,7 @@ def _invert(student, ckpt, normalizer, operator, info, truth, index, *, physics,
     for name, method in result["methods"].items():
         s = method["summary"]
         out.print(f"{name}: error rate of {c} {s[f'error_rate_{c}']['median']:.3f} "
-                  f"({s[f'error_rate_{c}_off_interfaces']['median']:.3f} off its interfaces), rel. L2 of {c} "
+                  f"({s[f'error_rate_{c}_off_interfaces']['median']:.3f} off its interfaces, "
+                  f"{s[f'error_rate_{c}_at_interfaces']['median']:.3f} at them), rel. L2 of {c} "
                   f"{s[f'rel_l2_{c}']['median']:.3f}, misfit {s['misfit']['median']:.2e}, "
                   f"{s['iterations']['median']:.0f} iterations, {s['seconds']['median']:.2f} s/problem (medians)")

@@ -71,26 +71,33 @@ def interface_nodes(high: np.ndarray) -> np.ndarray:
     return near
 
 
+NODE_SETS = ("all", "off_interfaces", "at_interfaces")  # where a binary error rate is counted
+
+
 def binary_error_rate(estimate, truth, channel: int, threshold: float, region=None,
-                      off_interfaces: bool = False) -> np.ndarray:
+                      nodes: str = "all") -> np.ndarray:
     """[N] fraction of nodes (of ``region``, [S, S] bool) whose thresholded binary coefficient is
     wrong; the threshold of each binary channel is in the problem's metadata (``thresholds``).
-    ``off_interfaces``: only over the nodes away from the truth's interfaces (``interface_nodes``),
-    where a misplaced interface counts no error (NaN for a problem with no such node)."""
+    ``nodes``: all of them, only those off the truth's interfaces (``interface_nodes``: there a
+    misplaced interface counts no error), or only those at them (NaN for a problem with none)."""
+    if nodes not in NODE_SETS:
+        raise ValueError(f"nodes={nodes!r}; use one of {NODE_SETS}")
     e, t = _np(estimate)[:, channel] > threshold, _np(truth)[:, channel] > threshold
     counted = np.ones_like(t) if region is None else np.broadcast_to(np.asarray(region, bool), t.shape)
-    if off_interfaces:
-        counted = counted & ~interface_nodes(t)
+    if nodes != "all":
+        at = interface_nodes(t)
+        counted = counted & (at if nodes == "at_interfaces" else ~at)
     wrong, total = ((e != t) & counted).sum((1, 2)), counted.sum((1, 2))
     return np.divide(wrong, total, out=np.full(len(t), np.nan), where=total > 0)
 
 
 def binary_errors(estimate, truth, channel: int, name: str, threshold: float, region=None) -> dict:
-    """{"error_rate_<name>": [N], "error_rate_<name>_off_interfaces": [N]}: the error rates of a
-    binary channel over ``region``, and over its nodes off the truth's interfaces."""
-    return {f"error_rate_{name}{suffix}": binary_error_rate(estimate, truth, channel, threshold, region,
-                                                             off_interfaces=off)
-            for suffix, off in (("", False), ("_off_interfaces", True))}
+    """{"error_rate_<name>", "error_rate_<name>_off_interfaces", "error_rate_<name>_at_interfaces":
+    [N]}: the error rates of a binary channel over ``region``, over its nodes off the truth's
+    interfaces (wrong regions) and over those at them (interface placement)."""
+    return {f"error_rate_{name}" + ("" if nodes == "all" else f"_{nodes}"):
+            binary_error_rate(estimate, truth, channel, threshold, region, nodes)
+            for nodes in NODE_SETS}
 
 
 def high_fraction(x, channel: int, threshold: float) -> float:

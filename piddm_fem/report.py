@@ -81,7 +81,7 @@ def headline(keys) -> str:
     """A task's headline error among its metric ``keys``: the error rate of a binary channel where
     there is one (over all its nodes), else the first relative L2 error."""
     keys = list(keys)
-    return next((k for k in keys if k.startswith("error_rate_") and not k.endswith("_off_interfaces")),
+    return next((k for k in keys if k.startswith("error_rate_") and not k.endswith("_interfaces")),
                 next(k for k in keys if k.startswith("rel_l2_")))
 
 

@@ -229,10 +229,10 @@ def solve_task(student, normalizer, operator, ckpt: dict, task: str, truth: np.n
 
 def task_errors(task: str, estimate, truth, operator, channels: list[str], meta: dict) -> dict:
     """Per problem: the relative L2 error of every recovered channel on the recovered nodes
-    (``rel_l2_<channel>``), the thresholded error rate of a binary channel (``error_rate_<channel>``),
-    the same away from the truth's interfaces (``error_rate_<channel>_off_interfaces``: what is
-    left when misplacing an interface by a node is forgiven) and the relative residual of the
-    estimate."""
+    (``rel_l2_<channel>``), the thresholded error rate of a binary channel (``error_rate_<channel>``)
+    with its two parts, off the truth's interfaces (``..._off_interfaces``: wrong regions) and at
+    them (``..._at_interfaces``: interface placement; ``metrics.binary_errors``), and the relative
+    residual of the estimate."""
     from piddm_fem import metrics
 
     errors = {}

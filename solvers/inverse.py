@@ -182,8 +182,8 @@ def invert(problem, truth: np.ndarray, methods=METHODS, *, student=None, normali
     "observed", "alpha", "noise", "methods": {name: {"a" [N, S, S], "fields" [N, C, S, S]
     (recovered coefficient and its FEM solution), "history" (adjoint runs: the relative RMS misfit
     after every L-BFGS iteration, per problem),
-    "problems": [{error_rate_<c>, error_rate_<c>_off_interfaces, rel_l2_<c>, misfit, iterations,
-    seconds}], "summary"}}, "coefficient":
+    "problems": [{error_rate_<c> (with _off_interfaces and _at_interfaces), rel_l2_<c>, misfit,
+    iterations, seconds}], "summary"}}, "coefficient":
     c, the recovered coefficient's channel name}; the error rate splits at the problem's threshold
     for c (``Problem.thresholds``), else between its two values."""
     from piddm_fem import metrics

@@ -319,8 +319,8 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
     assert set(rows["fno"]["tasks"]) == {"forward"} and "sample" not in rows["fno"]
     assert set(rows["eci"]["tasks"]) == {"forward", "inverse", "reconstruct"}
     inverse = rows["PIDDM-ref"]["tasks"]["inverse"]
-    assert set(inverse) == {"rel_l2_a", "error_rate_a", "error_rate_a_off_interfaces", "residual",
-                            "seconds_per_problem"}  # what inverse recovers
+    assert set(inverse) == {"rel_l2_a", "error_rate_a", "error_rate_a_off_interfaces", "error_rate_a_at_interfaces",
+                            "residual", "seconds_per_problem"}  # what inverse recovers
     assert rows["PIDDM-1"]["costs"]["pair_seconds"] > 0 and rows["PIDDM-1"]["costs"]["distill_seconds"] > 0
     assert rows["PIDDM-1"]["nfe"] == 1 and rows["teacher"]["nfe"] == 5
     # DiffusionPDE's Darcy weights, 5 on 0.2 a and 5000 on 115 u, as steps of the same physical size
@@ -330,7 +330,7 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
     assert rows["dps-weak"]["settings"]["zeta_obs"] == {"a": 0.0, "u": 0.0}
     md = (out / "compare.md").read_text()
     assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md and "| copy ratio |" in md
-    assert "| error rate a off interfaces |" in md
+    assert "| error rate a off interfaces | error rate a at interfaces |" in md
     assert rows["teacher"]["sample"]["copy_ratio"]["mean"] > 0
     assert doc["machine"].endswith(f"{torch.get_num_threads()} threads")  # named beside every timing
     for png in ("samples.png", "tasks_forward.png", "tasks_inverse.png", "tasks_reconstruct.png", "tradeoff.png"):

@@ -85,7 +85,8 @@ def test_task_masks_and_errors_follow_the_metadata():
     estimate[0, 0, 0, :] = 15.0 - truth[0, 0, 0, :]  # one row of a flipped between 3 and 12
     op = ResidualOperator(extract_operator(get_problem("darcy"), S))
     errors = task_errors("inverse", estimate, truth, op, ["a", "u"], darcy)
-    assert set(errors) == {"rel_l2_a", "error_rate_a", "error_rate_a_off_interfaces", "residual"}
+    assert set(errors) == {"rel_l2_a", "error_rate_a", "error_rate_a_off_interfaces", "error_rate_a_at_interfaces",
+                           "residual"}
     assert errors["error_rate_a"][0] == pytest.approx(1 / S)
     with pytest.raises(PiddmError, match="unknown task 'sideways'; choose one of forward, inverse"):
         observation_mask("sideways", (1, 2, S, S), ["a", "u"], darcy)
@@ -111,11 +112,13 @@ def test_the_off_interface_error_rate_forgives_a_misplaced_interface_and_nothing
     blob[0, 0, 2:5, 12:15] = 12.0  # a wrong region away from it
     for estimate, all_nodes, off in ((shifted, S / S**2, 0.0), (blob, 9 / S**2, 9 / (S**2 - 2 * S))):
         assert binary_error_rate(estimate, truth, 0, 7.5)[0] == pytest.approx(all_nodes)
-        assert binary_error_rate(estimate, truth, 0, 7.5, off_interfaces=True)[0] == pytest.approx(off)
+        assert binary_error_rate(estimate, truth, 0, 7.5, nodes="off_interfaces")[0] == pytest.approx(off)
     rows = np.arange(S)[:, None].repeat(S, 1) < 5  # a region: the interface holds 10 of its 5 S nodes
-    assert binary_error_rate(blob, truth, 0, 7.5, rows, off_interfaces=True)[0] == pytest.approx(9 / (5 * S - 10))
+    assert binary_error_rate(blob, truth, 0, 7.5, rows, nodes="off_interfaces")[0] == pytest.approx(9 / (5 * S - 10))
+    assert binary_error_rate(shifted, truth, 0, 7.5, nodes="at_interfaces")[0] == pytest.approx(S / (2 * S))
+    assert binary_error_rate(blob, truth, 0, 7.5, nodes="at_interfaces")[0] == 0.0
     checkerboard = np.where(np.indices((S, S)).sum(0) % 2 == 0, 12.0, 3.0)[None, None]
-    assert np.isnan(binary_error_rate(checkerboard, checkerboard, 0, 7.5, off_interfaces=True)[0])
+    assert np.isnan(binary_error_rate(checkerboard, checkerboard, 0, 7.5, nodes="off_interfaces")[0])
 
 
 def test_fd_residual_is_second_order_on_analytic_fields():
