@@ -54,14 +54,13 @@ def report(runs: list[dict], methods, header: str, c: str) -> dict:
     print(f"{'method':>13} {'error rate ' + c:>15} {'off interfaces':>15} {'at interfaces':>15} "
           f"{'rel. L2 ' + c:>15} {'misfit':>19} {'iterations':>11} {'to cold misfit':>15} {'s/problem':>10}")
     table = {}
-    keys = {"rate": f"error_rate_{c}", "off": f"error_rate_{c}_off_interfaces", "at": f"error_rate_{c}_at_interfaces",
-            "l2": f"rel_l2_{c}"}
+    # runs saved before 2026-12-06 have no _off/_at_interfaces columns: blank cells
+    errors = [f"error_rate_{c}", f"error_rate_{c}_off_interfaces", f"error_rate_{c}_at_interfaces", f"rel_l2_{c}"]
     for name in methods:
         summary = [run["methods"][name]["summary"] for run in runs]
         med = {k: [s[k]["median"] for s in summary]
-               for k in (*keys.values(), "misfit", "iterations", "seconds") if k in summary[0]}
+               for k in (*errors, "misfit", "iterations", "seconds") if k in summary[0]}
         table[name] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in med.items()}
-        parts = [med.get(keys["off"]), med.get(keys["at"])]  # runs saved before 2026-12-06 have neither
         to_cold = ""
         if name.endswith("adjoint") and "adjoint" in methods:
             reach = [iterations_to_reach(h, REACH * cold[-1]) for run in runs
@@ -70,10 +69,10 @@ def report(runs: list[dict], methods, header: str, c: str) -> dict:
             table[name]["iterations_to_cold_misfit"] = {
                 "median": float(np.median(reached)) if reached else None, "reached": len(reached), "of": len(reach)}
             to_cold = f"{np.median(reached):.0f} ({len(reached)}/{len(reach)})" if reached else "never"
-        print(f"{name:>13} {np.mean(med[keys['rate']]):>7.4f} +- {np.std(med[keys['rate']]):.4f} "
-              + "".join(f"{np.mean(v):>7.4f} +- {np.std(v):.4f} " if v else f"{'':>15} " for v in parts)
-              + f"{np.mean(med[keys['l2']]):>7.4f} +- {np.std(med[keys['l2']]):.4f} "
-              f"{np.mean(med['misfit']):>9.2e} +- {np.std(med['misfit']):.1e} {np.mean(med['iterations']):>11.1f} "
+        print(f"{name:>13} "
+              + "".join(f"{np.mean(med[k]):>7.4f} +- {np.std(med[k]):.4f} " if k in med else f"{'':>15} "
+                        for k in errors)
+              + f"{np.mean(med['misfit']):>9.2e} +- {np.std(med['misfit']):.1e} {np.mean(med['iterations']):>11.1f} "
               f"{to_cold:>15} {np.mean(med['seconds']):>10.2f}")
     return table
 
