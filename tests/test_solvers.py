@@ -73,6 +73,24 @@ def test_darcy_coefficient_is_binary_and_seeded():
     assert 0.2 < (a1 == 12.0).mean() < 0.8
 
 
+def test_random_fields_follow_the_fno_recipe_of_diffusionpde():
+    """Their GRF.m: idct2 of S c_kl xi_kl on the cell-centred grid, c_kl = tau^(alpha - 1) (pi^2 (k^2 +
+    l^2) + tau^2)^(-alpha / 2). The same draws give the same field at our nodes, half a cell away."""
+    from scipy.fft import idctn
+
+    from piddm_fem.solvers.grf import gaussian_random_field
+
+    S, alpha, tau = 48, 2.0, 3.0
+    k = np.arange(S)
+    coef = tau ** (alpha - 1) * (np.pi**2 * (k[None, :] ** 2 + k[:, None] ** 2) + tau**2) ** (-alpha / 2)
+    coef[0, 0] = 0.0
+    theirs = idctn(S * coef * np.random.default_rng(3).standard_normal((S, S)), norm="ortho")
+    ours = gaussian_random_field(S, np.random.default_rng(3), alpha, tau)
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.995
+    assert ours.std() == pytest.approx(theirs.std(), rel=0.05)
+    assert (np.sign(ours) == np.sign(theirs)).mean() > 0.95  # Darcy's thresholded coefficient
+
+
 @pytest.mark.parametrize("reorder", [True, False])
 def test_gridmap_matches_coordinates_on_reordered_meshes(reorder):
     S = 9
