@@ -26,7 +26,10 @@
 #    this protocol's student recipe took the forward error from 4.2% at 100 steps to 2.8% at
 #    400, docs/results.md, twelfth session). Every task row also has the error rate of a off the
 #    truth's interfaces and at them (fifteenth session): how much of the inverse error at S = 64 is
-#    wrong regions and how near a coin toss the interface nodes are;
+#    wrong regions and how near a coin toss the interface nodes are. The H200 numbers so far were
+#    on the periodic random field used before the sixteenth session (1.5x the interface nodes of
+#    DiffusionPDE's recipe, which the data follow now), so this run's rows are the first at S = 64
+#    on the same distribution as DiffusionPDE's 2.9% / 4.3%;
 # 6. every method of $METHODS over the same seeds, continuing the comparison where 3 left it;
 # 7. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
 #    the teacher and PIDDM-1 for `piddm validate` here;
