@@ -261,6 +261,10 @@ def open_partial(path: str | os.PathLike, info: DatasetInfo, dtype: str = "f8"):
         raise PiddmError(f"nothing to resume: {tmp} does not exist; drop --resume to start afresh")
     f = _open(tmp, "r+")
     have = _info_from_attrs(tmp, f, partial=True)
+    if have.version != info.version:
+        f.close()
+        raise PiddmError(f"cannot resume {tmp}: piddm-fem {have.version} wrote it and this is {info.version}, "
+                         "whose samples may follow another recipe; pass --overwrite to start afresh")
     for key in ("problem", "channels", "resolution", "n_samples", "seed", "params"):
         if getattr(have, key) != getattr(info, key):
             f.close()

@@ -57,6 +57,12 @@ def test_interrupt_keeps_finished_samples_and_resume_completes(tmp_path, monkeyp
         assert not f.attrs["complete"]
     with pytest.raises(PiddmError, match="exists|resume"):
         generate(get_problem("darcy"), 6, 17, 4, path, resume=True, show_progress=False)
+    with h5py.File(schema.partial_path(path), "r+") as f:  # written by another version of the recipes
+        f.attrs["version"], ours = "0.1.0", f.attrs["version"]
+    with pytest.raises(PiddmError, match="piddm-fem 0.1.0 wrote it .* --overwrite"):
+        generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False)
+    with h5py.File(schema.partial_path(path), "r+") as f:
+        f.attrs["version"] = ours
     counts = generate(get_problem("darcy"), 6, 17, 3, path, resume=True, show_progress=False)
     assert counts["solved_now"] == 3 and counts["ok"] == 6
     # sample i depends only on (seed, i): identical to the uninterrupted file

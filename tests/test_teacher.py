@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from piddm_fem import checkpoint, grid, schema
+from piddm_fem import __version__, checkpoint, grid, schema
 from piddm_fem.cli.teacher import app
 from piddm_fem.data import (FieldDataset, InfiniteSampler, Normalizer, compute_normalizer,
                             open_dataset, split_indices)
@@ -111,7 +111,7 @@ def test_checkpoint_contents_and_loading(trained, data):
     assert stats["step"] == 4 and not stats["interrupted"]
     ckpt = checkpoint.load(out / "last.pt")
     assert (out / "best.pt").exists()
-    assert ckpt["kind"] == "teacher" and ckpt["step"] == 4 and ckpt["version"] == "0.1.0"
+    assert ckpt["kind"] == "teacher" and ckpt["step"] == 4 and ckpt["version"] == __version__
     assert (ckpt["problem"], ckpt["resolution"], ckpt["channels"]) == ("darcy", S, ["a", "u"])
     assert ckpt["params"] == {"f": 1.0}
     assert ckpt["config"]["net"]["padding"] == "zeros" and ckpt["config"]["train"]["batch"] == 8
