@@ -342,7 +342,7 @@ def compare(setup: Setup, names: list[str] | None, seeds: list[int], tasks=None,
     for m in methods:
         per_seed = [r["rows"][m.name] for r in runs]
         row = {"method": m.name, "nfe": m.nfe, "can": list(m.can), "posterior_mean": m.posterior_mean,
-               "settings": m.settings,
+               "task_samples": m.task_samples, "settings": m.settings,
                **{k: _aggregate([p[k] for p in per_seed]) for k in ("sample", "tasks") if k in per_seed[0]}}
         row["costs"] = m.costs or next((p["costs"] for p in per_seed if p.get("costs")), {})
         rows.append(row)

@@ -175,7 +175,8 @@ def compare_markdown(doc: dict) -> str:
              f"per method and seed against the {doc['n_test']} held-out test samples; tasks on "
              f"{doc['budget']['task_problems']} test problems. Device: {doc.get('machine', doc['device'])}. Residual: relative weak-form "
              "residual (docs/residual.md); FD: RMS of the finite-difference residual (1/h^2 scaling) at interior "
-             "nodes, absolute." + (" Copy ratio: a sample's distance to its nearest training sample over a "
+             "nodes, absolute. Samples: how many samples one task estimate averages (or, with no task "
+             "steps, chooses the best fit from)." + (" Copy ratio: a sample's distance to its nearest training sample over a "
                                    "held-out sample's, medians (1: as fresh data; near 0: copies of training "
                                    "samples)." if copies else ""), ""]
     if sampled:
@@ -201,11 +202,11 @@ def compare_markdown(doc: dict) -> str:
         if not rows:
             continue
         keys = _task_keys(rows, task)
-        head = ["method"] + [k.replace("_", " ") for k in keys] + ["s/problem"]
+        head = ["method", "samples"] + [k.replace("_", " ") for k in keys] + ["s/problem"]
         lines += [f"## Task: {task}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for m in rows:
             t = m["tasks"][task]
-            lines.append("| " + " | ".join([m["method"]] + [_pm(t.get(k)) for k in keys]
+            lines.append("| " + " | ".join([m["method"], str(m.get("task_samples", ""))] + [_pm(t.get(k)) for k in keys]
                                            + [_fmt(t["seconds_per_problem"]["mean"])]) + " |")
         lines.append("")
     lines += claims(doc)

@@ -331,6 +331,10 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
     md = (out / "compare.md").read_text()
     assert "| MMSE a | MMSE u |" in md and "| fno |" in md and "rel l2 u" in md and "| copy ratio |" in md
     assert "| error rate a off interfaces | error rate a at interfaces |" in md
+    # the samples behind a task estimate: a student's restarts, one for a guided sampler
+    samples = {m["method"]: m["task_samples"] for m in doc["methods"]}
+    assert samples["PIDDM-ref"] == doc["budget"]["restarts"] > 1 and samples["diffusionpde-weak"] == 1
+    assert f"| PIDDM-ref | {doc['budget']['restarts']} |" in md
     assert rows["teacher"]["sample"]["copy_ratio"]["mean"] > 0
     assert doc["machine"].endswith(f"{torch.get_num_threads()} threads")  # named beside every timing
     for png in ("samples.png", "tasks_forward.png", "tasks_inverse.png", "tasks_reconstruct.png", "tradeoff.png"):
@@ -384,11 +388,11 @@ def test_report_is_keyed_by_the_dataset_channels():
            "methods": [{"method": "teacher", "nfe": 5, "settings": {}, "costs": {},
                         "sample": {"residual": leaf, "mmse": {"f": leaf, "u": leaf}, "smse": {"f": leaf, "u": leaf},
                                    "seconds_per_sample": leaf}},
-                       {"method": "fno", "nfe": 1, "settings": {}, "costs": {},
+                       {"method": "fno", "nfe": 1, "task_samples": 1, "settings": {}, "costs": {},
                         "tasks": {"forward": {"rel_l2_u": leaf, "residual": leaf, "seconds_per_problem": leaf}}}]}
     md = compare_markdown(doc)
     assert "| MMSE f | MMSE u | SMSE f | SMSE u |" in md and "0.5 ± 0.1" in md
-    assert "| method | rel l2 u | residual | s/problem |" in md
+    assert "| method | samples | rel l2 u | residual | s/problem |" in md and "| fno | 1 | 0.5 ± 0.1 |" in md
     assert "a > thr" not in md and "Darcy" not in md
 
 

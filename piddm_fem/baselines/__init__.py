@@ -38,6 +38,7 @@ class BaseMethod:
     can: tuple = ()
     nfe: int = 0
     posterior_mean: bool = False  # constrains E[x0|xt] (PIDDM's claim is about these methods)
+    task_samples: int = 1  # the samples behind one task estimate (averaged or chosen from)
 
     def __init__(self, name: str, setup):
         self.name, self.setup = name, setup

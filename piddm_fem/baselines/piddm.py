@@ -26,6 +26,7 @@ class Student(BaseMethod):
         self.refine_steps = b.refine_steps if refine else 0
         # tasks: PIDDM-1 is one call per restart (the best fit kept); the others optimise eps
         self.task_steps = b.task_steps if refine or which != "PIDDM" else 0
+        self.task_samples = b.restarts
         self.nfe = self.student.steps * (1 + self.refine_steps)  # a k-step student calls its network k times
         distill = self.ckpt["config"].get("distill", {})
         self.settings = {"lambda_train": distill.get("lambda_train"), "refine_steps": self.refine_steps,
