@@ -29,7 +29,9 @@
 #    wrong regions and how near a coin toss the interface nodes are. The H200 numbers so far were
 #    on the periodic random field used before the sixteenth session (1.5x the interface nodes of
 #    DiffusionPDE's recipe, which the data follow now), so this run's rows are the first at S = 64
-#    on the same distribution as DiffusionPDE's 2.9% / 4.3%;
+#    on the same distribution as DiffusionPDE's 2.9% / 4.3%. A student's task row averages its
+#    4 restarts, a guided sampler's is one sample (the tables' samples column; at matched samples
+#    the gap is smaller, docs/results.md, sixteenth session);
 # 6. every method of $METHODS over the same seeds, continuing the comparison where 3 left it;
 # 7. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
 #    the teacher and PIDDM-1 for `piddm validate` here;
