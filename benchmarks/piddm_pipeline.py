@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
     p.add_argument("--guidance-steps", type=int)
     p.add_argument("--n-eval", type=int)
     p.add_argument("--task-problems", type=int)
+    p.add_argument("--task-samples", type=int, help="samples averaged per task estimate, every method with noise")
     p.add_argument("--device", default="auto")
     p.add_argument("--fem", action="store_true", help="also report Firedrake's residual (needs Firedrake)")
     args = p.parse_args(argv)
@@ -80,7 +81,7 @@ def main(argv=None) -> dict:
         print("teacher:", json.dumps(costs["teacher"]), flush=True)
     students = {"PIDDM": out / "student", "lambda=0": out / "student" / PHYSICS_START}
     budget = make_budget(teacher, args.quick, guidance_steps=args.guidance_steps, n_eval=args.n_eval,
-                         task_problems=args.task_problems)
+                         task_problems=args.task_problems, task_samples=args.task_samples)
     if not (out / "student" / checkpoint.DONE).exists():  # the demo's recipe; lambda = 0 is its first half
         distill_late_physics(teacher, args.data, out / "student", args.distill_steps, args.lambda_train,
                              args.device, progress=False, pairs=args.pairs, teacher_steps=budget.heun_steps,

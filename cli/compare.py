@@ -29,6 +29,7 @@ def compare(ctx: typer.Context,
             fno_seconds: Optional[float] = typer.Option(None, "--fno-seconds", help="FNO training budget \\[the teacher's, else 60]."),
             n_eval: Optional[int] = typer.Option(None, "--n-eval", help="Samples per method and seed."),
             task_problems: Optional[int] = typer.Option(None, "--task-problems", help="Test problems per task."),
+            task_samples: Optional[int] = typer.Option(None, "--task-samples", help="Samples averaged per task estimate, the same for every method with noise \\[PIDDM: its restarts, 4; the others: 1]."),
             fem: bool = typer.Option(False, "--fem", help="Also Firedrake's assembled residual (needs Firedrake)."),
             device: str = typer.Option("auto", "--device")):
     """Compare PIDDM with the teacher, DiffusionPDE/DPS guidance, PIDM, ECI, direct optimisation
@@ -44,7 +45,7 @@ def compare(ctx: typer.Context,
     seeds = list(seeds) + [int(a) for a in ctx.args]  # --seeds 0 1 2: the later seeds arrive as extra arguments
     students = {k: v for k, v in (("PIDDM", student), ("lambda=0", ablation)) if v is not None}
     budget = make_budget(teacher, quick, guidance_steps=guidance_steps, fno_seconds=fno_seconds,
-                         n_eval=n_eval, task_problems=task_problems)
+                         n_eval=n_eval, task_problems=task_problems, task_samples=task_samples)
     checks.output_dir(out_dir)
     setup = load_setup(data, teacher, students, budget, device, out_dir)
     doc = run_compare(setup, split_list(methods), list(seeds), split_list(tasks), fem=fem)

@@ -84,9 +84,11 @@ def writable_existing(path) -> Path:
 
 def check_options(config, ranges: dict) -> None:
     """``check_range`` for the fields of a settings dataclass; ``ranges`` maps a field to
-    (the command-line option that sets it, its interval)."""
+    (the command-line option that sets it, its interval). None, an optional field's "use the
+    default rule", is not checked."""
     for name, (option, spec) in ranges.items():
-        check_range(option, getattr(config, name), spec)
+        if getattr(config, name) is not None:
+            check_range(option, getattr(config, name), spec)
 
 
 def steps_reach(steps: int, reached: int) -> None:

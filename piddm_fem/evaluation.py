@@ -70,6 +70,7 @@ class Budget:
     refine_steps: int = 40      # PIDDM-ref
     lambda_infer: float = LAMBDA_INFER
     restarts: int = RESTARTS    # PIDDM task ensembles
+    task_samples: int | None = None  # samples averaged per task estimate, every stochastic method (None: PIDDM's restarts, one for the others)
     task_steps: int = 100       # PIDDM-ref / lambda=0 task steps and direct optimisation steps
     task_norm: str | None = None      # physics penalty of the optimisation methods on the tasks (None: natural)
     task_lambda: float | None = None  # its weight (None: the norm's default, tasks.TASK_LAMBDA)
@@ -90,6 +91,7 @@ BUDGET_RANGES = {"n_eval": ("--n-eval", "[1, inf)"), "task_problems": ("--task-p
                  "guidance_steps": ("--guidance-steps", "[1, inf)"), "fno_seconds": ("--fno-seconds", "(0, inf)"),
                  "heun_steps": ("heun_steps", "[1, inf)"), "refine_steps": ("refine_steps", "[0, inf)"),
                  "lambda_infer": ("lambda_infer", "[0, inf)"), "restarts": ("restarts", "[1, inf)"),
+                 "task_samples": ("--task-samples", "[1, inf)"),
                  "task_steps": ("task_steps", "[0, inf)"), "pidm_steps": ("pidm_steps", "[0, inf)"),
                  "batch": ("batch", "[1, inf)"), "zeta_pde": ("zeta_pde", "[0, inf)"),
                  "pde_from": ("pde_from", "[0, 1]"), "direct_lr": ("direct_lr", "(0, inf)"),
@@ -290,7 +292,7 @@ def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = 
             if task not in m.can:
                 continue
             observed = np.where(masks[task] > 0, truth, 0.0)
-            est, seconds = _timed(setup.device, m.solve_task, task, observed, masks[task], seed)
+            est, seconds = _timed(setup.device, m.task_estimate, task, observed, masks[task], seed)
             errs = task_errors(task, est, truth, setup.operator, setup.channels, setup.info.meta)
             row["tasks"][task] = {**{k: float(np.mean(v)) for k, v in errs.items()},
                                   "seconds_per_problem": seconds / len(idx)}

@@ -342,6 +342,41 @@ def test_compare_quick_writes_every_method_row_over_seeds(cli, darcy20, tmp_path
 
 
 @pytest.mark.firedrake
+def test_task_samples_gives_every_sampler_with_noise_the_same_posterior_mean(darcy_file, tiny_teacher, tiny_student):
+    """Budget.task_samples = K: each stochastic method's task estimate is the mean of K solutions of
+    the same problem, each from its own noise; the student's restarts follow K; a method without
+    noise (FNO, direct optimisation from the mean) stays at one."""
+    from dataclasses import replace
+
+    from piddm_fem import schema
+    from piddm_fem.baselines import build
+    from piddm_fem.evaluation import QUICK, load_setup
+    from piddm_fem.tasks import observation_mask, task_errors
+
+    setup = load_setup(darcy_file, tiny_teacher, {"PIDDM": tiny_student}, replace(QUICK, task_samples=3),
+                       device="cpu", min_test=0)
+    eci, fno, mean_start, ref = build(["eci", "fno", "direct-mean", "PIDDM-ref"], setup, tasks=["forward"])
+    assert [m.task_samples for m in (eci, fno, mean_start, ref)] == [3, 1, 1, 3]
+    assert ref.settings["restarts"] == 3
+    _, truth, _ = schema.read(darcy_file, [0, 1, 2])
+    mask = observation_mask("forward", truth.shape, setup.channels, setup.info.meta, seed=0).numpy()
+    observed = np.where(mask > 0, truth, 0.0)
+    est = eci.task_estimate("forward", observed, mask, 0)
+    assert est.shape == truth.shape
+    # ECI keeps each sample's observed entries: so does their mean, problem by problem
+    np.testing.assert_allclose(est[mask > 0], truth[mask > 0], rtol=1e-9, atol=1e-9)
+    each = eci.solve_task("forward", np.repeat(observed, 3, 0), np.repeat(mask, 3, 0), 0).reshape(3, 3, *truth.shape[1:])
+    assert np.abs(each[:, 0] - each[:, 1]).max() > 1e-3  # its own noise per sample
+    errors = [task_errors("forward", each[:, k], truth, setup.operator, setup.channels, setup.info.meta)["rel_l2_u"]
+              for k in range(3)]
+    mean_error = task_errors("forward", est, truth, setup.operator, setup.channels, setup.info.meta)["rel_l2_u"]
+    assert np.all(mean_error <= np.mean(errors, axis=0) + 1e-12)  # the norm is convex (Jensen)
+    one = replace(setup, budget=replace(setup.budget, task_samples=None))
+    (alone,) = build(["eci"], one, tasks=["forward"])
+    assert alone.task_samples == 1 and np.abs(alone.task_estimate("forward", observed, mask, 0) - est).max() > 1e-3
+
+
+@pytest.mark.firedrake
 def test_a_k_step_student_counts_k_network_calls_per_sample(darcy20, tmp_path):
     from piddm_fem.baselines import build
     from piddm_fem.evaluation import QUICK, load_setup
@@ -367,6 +402,7 @@ def test_compare_bad_input_is_one_line(cli, darcy20, tiny_student, tmp_path):
     assert_one_line_error(*cli(*base, "--student", tiny_student)[::2], "another dataset", "normalization")
     assert_one_line_error(*cli(*base, "--tasks", "forwards")[::2], "unknown task 'forwards'")
     assert_one_line_error(*cli(*base, "stray")[::2], "unexpected argument 'stray'")
+    assert_one_line_error(*cli(*base, "--task-samples", 0)[::2], "--task-samples=0 is outside [1, inf)")
 
 
 def test_a_method_refuses_a_task_it_cannot_do_by_name():

@@ -38,7 +38,7 @@ class BaseMethod:
     can: tuple = ()
     nfe: int = 0
     posterior_mean: bool = False  # constrains E[x0|xt] (PIDDM's claim is about these methods)
-    task_samples: int = 1  # the samples behind one task estimate (averaged or chosen from)
+    deterministic: bool = False  # the same estimate from every noise draw (e.g. the FNO)
 
     def __init__(self, name: str, setup):
         self.name, self.setup = name, setup
@@ -49,10 +49,25 @@ class BaseMethod:
         """Every task of the problem's metadata: what a method that fills any mask can do."""
         return tuple(self.setup.info.meta["tasks"])
 
+    @property
+    def task_samples(self) -> int:
+        """The samples behind one task estimate: the budget's ``task_samples`` (one when unset) for a
+        stochastic method, one for a deterministic one."""
+        return 1 if self.deterministic else self.setup.budget.task_samples or 1
+
     def sample(self, n: int, seed: int) -> np.ndarray:
         from piddm_fem.evaluation import cannot
 
         raise cannot(self.name, "sample", self.can)
+
+    def task_estimate(self, task, observed, mask, seed) -> np.ndarray:
+        """The harness's estimate of every problem: the mean of ``task_samples`` solutions, each
+        from its own noise (the Monte Carlo posterior mean; a binary channel is thresholded after)."""
+        k = self.task_samples
+        if k == 1:
+            return self.solve_task(task, observed, mask, seed)
+        est = self.solve_task(task, np.repeat(observed, k, 0), np.repeat(mask, k, 0), seed)
+        return est.reshape(len(observed), k, *est.shape[1:]).mean(1)
 
     def solve_task(self, task, observed, mask, seed) -> np.ndarray:
         from piddm_fem.evaluation import cannot

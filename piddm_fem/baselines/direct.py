@@ -39,6 +39,7 @@ class Direct(BaseMethod):
         super().__init__(name, setup)
         b = setup.budget
         self.init = init
+        self.deterministic = init == "mean"  # from the mean: no noise
         self.can = (("sample",) if init == "teacher" else ()) + self.masked_tasks
         self.nfe = 2 * b.heun_steps - 1 if init == "teacher" else 0
         self.settings = {"init": init, "steps": b.task_steps, "norm_tasks": setup.task_norm,

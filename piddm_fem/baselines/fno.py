@@ -80,6 +80,7 @@ def train_fno(model: FNO2d, inputs: torch.Tensor, targets: torch.Tensor, seconds
 
 class FNO(BaseMethod):
     nfe = 1
+    deterministic = True
 
     def __init__(self, name, setup):
         super().__init__(name, setup)
