@@ -29,9 +29,9 @@
 #    wrong regions and how near a coin toss the interface nodes are. The H200 numbers so far were
 #    on the periodic random field used before the sixteenth session (1.5x the interface nodes of
 #    DiffusionPDE's recipe, which the data follow now), so this run's rows are the first at S = 64
-#    on the same distribution as DiffusionPDE's 2.9% / 4.3%. A student's task row averages its
-#    4 restarts, a guided sampler's is one sample (the tables' samples column; at matched samples
-#    the gap is smaller, docs/results.md, sixteenth session);
+#    on the same distribution as DiffusionPDE's 2.9% / 4.3%. Every method with noise averages
+#    $SAMPLES samples per task estimate (`--task-samples`, seventeenth session; a student's are its
+#    restarts), so the task rows compare posterior means of as many samples;
 # 6. every method of $METHODS over the same seeds, continuing the comparison where 3 left it;
 # 7. the rows so far as tables, seed_rows.md (benchmarks/seed_rows.py), and 64 samples each of
 #    the teacher and PIDDM-1 for `piddm validate` here;
@@ -68,7 +68,7 @@ set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 DATA=${DATA:-.gpu} OUT=${OUT:-/tmp/gpu_out} DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-570}
 TEACHER_SECONDS=${TEACHER_SECONDS:-120} SIZE=${SIZE:-small} STEPS=${STEPS:-4000} LR=${LR-1.5e-3} EMA=${EMA-0.999} LAMBDA=${LAMBDA:-1e-1} TARGETS=${TARGETS:-solved} PAIRS=${PAIRS:-4096}
-GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-8} TSTEPS=${TSTEPS:-50}
+GUIDANCE=${GUIDANCE:-200} N_EVAL=${N_EVAL:-128} PROBLEMS=${PROBLEMS:-8} SAMPLES=${SAMPLES:-4} TSTEPS=${TSTEPS:-50}
 FIRST=${FIRST:-teacher,PIDDM-1,PIDDM-ref,lambda=0}
 METHODS=${METHODS:-teacher,PIDDM-1,PIDDM-ref,lambda=0,eci,direct,diffusionpde-weak,dps-weak}
 COMPILE=${COMPILE---compile} RUN=${RUN:-/tmp/p64}
@@ -89,7 +89,8 @@ pipeline() {  # the teacher and the student once, then the comparison of the met
     --out "$RUN" --device "$DEVICE" --train-teacher-seconds "$TEACHER_SECONDS" --size "$SIZE" --batch 64 --seeds 0 1 2 \
     --distill-steps "$STEPS" --lambda-train "$LAMBDA" --targets "$TARGETS" --distill-batch 64 --pairs "$PAIRS" \
     ${LR:+--distill-lr "$LR"} ${EMA:+--distill-ema "$EMA"} \
-    --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" --task-problems "$PROBLEMS" --methods "$1" 2>&1 | grep -v "━" \
+    --guidance-steps "$GUIDANCE" --n-eval "$N_EVAL" --task-problems "$PROBLEMS" --task-samples "$SAMPLES" \
+    --methods "$1" 2>&1 | grep -v "━" \
     | tee -a "$RUN/pipeline.txt"
 }
 pipeline "$FIRST"

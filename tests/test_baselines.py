@@ -452,13 +452,14 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path, c
     doc = pipeline.main(["--data", str(darcy20 / "data.h5"), "--out", str(out), "--train-teacher-seconds", "3",
                          "--probe-steps", "2", "--batch", "4", "--distill-steps", "2", "--pairs", "4",
                          "--distill-batch", "4", "--quick", "--seeds", "0", "--methods", "teacher,PIDDM-1,lambda=0,eci,fno",
-                         "--device", "cpu"])
+                         "--task-samples", "2", "--device", "cpu"])
     teacher = doc["pipeline"]["costs"]["teacher"]
     # the budget is training time after the probe's warm-up, not wall time with start-up
     assert 0.9 * 3 <= teacher["trained_seconds"] <= 2 * 3 and teacher["step"] > 4
     saved = json.loads((out / "compare.json").read_text())
     assert [m["method"] for m in saved["methods"]] == ["teacher", "PIDDM-1", "lambda=0", "eci", "fno"]
     assert saved["methods"][2]["settings"]["lambda_train"] == 0.0
+    assert [m["task_samples"] for m in saved["methods"][1:]] == [2, 2, 2, 1]  # matched, but for the FNO
     capsys.readouterr()
     _benchmark("seed_rows").main([str(out), "--figure", str(tmp_path / "rows.png")])
     printed = capsys.readouterr().out.splitlines()
