@@ -48,8 +48,8 @@ def task_table(runs: list[dict], methods: list[str]) -> list[str]:
     tasks = sorted({t for r in runs for row in r.values() for t in row.get("tasks", {})})
     keys = {t: sorted({k for r in runs for row in r.values() for k in row.get("tasks", {}).get(t, {})
                        if k not in ("residual", "seconds_per_problem")}) for t in tasks}
-    lines = ["| method | " + " | ".join(f"{t} {k.replace('_', ' ')}" for t in tasks for k in keys[t])
-             + " | s/problem (mean over tasks) |", "|---|" + "---|" * (sum(map(len, keys.values())) + 1)]
+    lines = ["| method | samples | " + " | ".join(f"{t} {k.replace('_', ' ')}" for t in tasks for k in keys[t])
+             + " | s/problem (mean over tasks) |", "|---|---|" + "---|" * (sum(map(len, keys.values())) + 1)]
     n = len(runs)
     for m in methods:
         got = [r[m]["tasks"] for r in runs if r.get(m, {}).get("tasks")]
@@ -57,7 +57,8 @@ def task_table(runs: list[dict], methods: list[str]) -> list[str]:
             continue
         cols = [spread([g[t][k] for g in got if k in g.get(t, {})], "{:.3g}", n) for t in tasks for k in keys[t]]
         cols.append(spread([float(np.mean([g[t]["seconds_per_problem"] for t in g])) for g in got], "{:.3g}", n))
-        lines.append(f"| {m} | " + " | ".join(cols) + " |")
+        samples = next((r[m]["task_samples"] for r in runs if "task_samples" in r.get(m, {})), "?")  # "?": rows saved before it
+        lines.append(f"| {m} | {samples} | " + " | ".join(cols) + " |")
     return lines
 
 

@@ -297,6 +297,8 @@ def run_seed(setup: Setup, methods: list[Method], seed: int, tasks, fem: bool = 
             row["tasks"][task] = {**{k: float(np.mean(v)) for k, v in errs.items()},
                                   "seconds_per_problem": seconds / len(idx)}
             shown.setdefault("tasks", {}).setdefault(task, {})[m.name] = est[0]
+        if row["tasks"]:
+            row["task_samples"] = m.task_samples
         row["costs"] = m.costs  # one-off costs, kept with the rows (a resumed run may not pay them again)
         rows[m.name] = row
         if done is not None:

@@ -467,7 +467,8 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path, c
     rows = json.loads((out / "rows_seed0.json").read_text())["rows"]
     ratio = rows["PIDDM-1"]["sample"]["residual"]["median"] / rows["teacher"]["sample"]["residual"]["median"]
     assert teacher.split(" | ")[2] == "1.000" and piddm1.split(" | ")[2] == f"{ratio:.3f}"  # one seed: its ratio
-    assert any(line.startswith("| eci |") for line in printed) and (tmp_path / "rows.png").exists()
+    eci = next(line for line in printed if line.startswith("| eci |"))  # a task row: its samples first
+    assert eci.split(" | ")[1] == "2" and (tmp_path / "rows.png").exists()
 
 
 @pytest.mark.firedrake
