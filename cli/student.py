@@ -23,6 +23,8 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
             delay: Optional[int] = typer.Option(None, "--delay", help="Steps with lambda = 0 before the ramp; the student at that "
                                                  "step is kept as OUT/physics_start.pt, its lambda = 0 ablation."),
             physics_norm: Optional[str] = typer.Option(None, "--physics-norm", help="l2 (scaled residual) | dual (K0^-1 norm)."),
+            physics_scale: Optional[str] = typer.Option(None, "--physics-scale", help="absolute (physical units) | typical "
+                                                        "(over a typical load's penalty: one weight for every problem)."),
             physics_channels: Optional[str] = typer.Option(None, "--physics-channels",
                                                            help="all | unknown: channels the penalty's gradient reaches."),
             k_steps: Optional[int] = typer.Option(None, "--k-steps", help="Network evaluations per sample (1: one-step)."),
@@ -44,6 +46,7 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
 
     stats = run_distill(teacher_dir, data, out_dir, steps, device=device, resume=resume,
                         lambda_train=lambda_train, ramp_steps=ramp, delay_steps=delay, physics_norm=physics_norm,
+                        physics_scale=physics_scale,
                         physics_channels=physics_channels, k_steps=k_steps, targets=targets, pairs=pairs,
                         teacher_steps=teacher_steps, refresh=refresh, batch=batch, lr=lr, ema_decay=ema_decay,
                         seed=seed)

@@ -5,7 +5,11 @@ from the teacher's ODE pairs with the weak-form residual on its *final* sample (
 
 R is ``ResidualOperator.loss`` (mean square of the strong-form scaled residual, physical units),
 or with ``physics_norm="dual"`` the residual in the dual norm of the constant-coefficient
-stiffness (``piddm_fem.dual_norm``), which weighs it like an error in u. The penalty is never
+stiffness (``piddm_fem.dual_norm``), which weighs it like an error in u. ``physics_scale="typical"``
+divides it by the penalty of a typical load (``PhysicsPenalty``'s ``typical``: about 1 for Darcy,
+whose f = 1; 0.07 for Poisson and Helmholtz; 3.5e4 for reaction-diffusion, l2 at S = 33), so that
+one lambda_train means the same on every problem; "absolute" (the default) keeps physical units.
+The penalty is never
 applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure distillation; lambda is 0 for
 ``delay_steps``, then rises linearly over ``ramp_steps``. ``physics_channels="unknown"`` lets the
 penalty's gradient reach the network through the unknown's channel only. ``k_steps`` = k > 1
@@ -52,7 +56,7 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
           "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]"),
           "ema_decay": ("--ema-decay", "[0, 1)")}
-PHYSICS_CHANNELS, TARGETS = ("all", "unknown"), ("teacher", "solved")
+PHYSICS_CHANNELS, TARGETS, PHYSICS_SCALES = ("all", "unknown"), ("teacher", "solved"), ("absolute", "typical")
 
 
 @dataclass
@@ -70,6 +74,7 @@ class DistillConfig:
     val_pairs: int = 64
     seed: int = 0
     physics_norm: str = "l2"      # l2 | dual (piddm_fem.dual_norm)
+    physics_scale: str = "absolute"  # absolute | typical: the penalty over a typical load's (one weight for every problem)
     delay_steps: int = 0          # lambda = 0 before this step, then the ramp
     physics_channels: str = "all"  # all | unknown: where the penalty's gradient enters
     k_steps: int = 1              # network evaluations per sample
@@ -127,6 +132,7 @@ class Distiller:
         checks.check_options(self.cfg, RANGES)
         checks.check_choice("--physics-channels", self.cfg.physics_channels, PHYSICS_CHANNELS)
         checks.check_choice("--targets", self.cfg.targets, TARGETS)
+        checks.check_choice("--physics-scale", self.cfg.physics_scale, PHYSICS_SCALES)
         check_norm(self.cfg.physics_norm)
         checks.output_dir(self.out_dir)
         self.operator = self._operator(data_path)
@@ -135,7 +141,8 @@ class Distiller:
         self.student = Student(net, self.cfg.k_steps).train()
         self.ema = copy.deepcopy(net).eval().requires_grad_(False) if self.cfg.ema_decay else None
         self.sampled = self.student if self.ema is None else Student(self.ema, self.cfg.k_steps)  # validated, saved
-        self.penalty = PhysicsPenalty(self.operator, self.cfg.physics_norm)
+        typical = self.normalizer if self.cfg.physics_scale == "typical" else None
+        self.penalty = PhysicsPenalty(self.operator, self.cfg.physics_norm, typical)
         self.solver = (LinearFEMSolve(self.operator, instead="distil on the teacher's samples: --targets teacher")
                        if self.cfg.targets == "solved" else None)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")

@@ -129,6 +129,31 @@ def test_physics_on_the_unknown_leaves_the_coefficients_alone(tiny_teacher, darc
         Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_norm": "h1"}, torch.device("cpu"), False)
 
 
+def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teacher, darcy_file, tmp_path):
+    """--physics-scale typical: the training penalty of a sample is its physical penalty over that
+    of constant fields at each channel's RMS (the teacher's normalisation) with the unknown zeroed,
+    built here by hand; lambda_train then weighs the same relative residual on every problem."""
+    runs = {scale: Distiller(tiny_teacher, darcy_file, tmp_path / scale, {"physics_scale": scale, "pairs": 4,
+                                                                         "teacher_steps": 2},
+                             torch.device("cpu"), False) for scale in ("absolute", "typical")}
+    eps = student_noise(runs["absolute"].teacher_ckpt, 5, np.arange(3))
+    pred = runs["absolute"].student(eps).detach()
+    physics = {}
+    for scale, d in runs.items():
+        d.student = lambda _: pred
+        physics[scale] = d.losses(eps, torch.zeros_like(eps))[1]
+        d.bank.close()
+    n, op = runs["absolute"].normalizer, runs["absolute"].operator
+    rms = np.sqrt(np.asarray(n.mean) ** 2 + np.asarray(n.std) ** 2)
+    typical = torch.tensor(rms, dtype=torch.float64).reshape(1, -1, 1, 1).repeat(1, 1, 17, 17)
+    typical[:, op.unknown] = 0.0
+    load = float(op.loss(typical)[0])
+    assert 0.5 < load < 1.5  # Darcy: f = 1, so the typical load's penalty is about 1
+    torch.testing.assert_close(physics["typical"], physics["absolute"] / load, rtol=1e-6, atol=0)
+    with pytest.raises(PiddmError, match="unknown --physics-scale 'load'; choose absolute or typical"):
+        Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_scale": "load"}, torch.device("cpu"), False)
+
+
 def test_k_step_student_integrates_the_ode_of_an_analytic_denoiser():
     """Gaussian data N(0, s^2): D(x; sigma) = s^2 / (s^2 + sigma^2) x, whose probability-flow ODE maps
     sigma_max eps to s sigma_max eps / sqrt(s^2 + sigma_max^2). Euler's error falls like 1/k; k = 1
