@@ -158,12 +158,13 @@ def optimize_latent(student, normalizer, operator, observed: torch.Tensor, mask:
 
 
 def refine(student, normalizer, operator, eps: torch.Tensor, steps: int, lambda_infer: float,
-           prior: float = 1.0, lr: float = 0.05, callback=None) -> dict:
+           prior: float = 1.0, lr: float = 0.05, callback=None, relative: bool = False) -> dict:
     """PIDDM-ref: optimise eps against the residual alone (no observations): lambda_infer times
-    the mean square of the scaled residual (absolute l2)."""
+    the mean square of the scaled residual (l2), absolute or ``relative`` to the typical load (as
+    the student's ``physics_scale``)."""
     x = torch.zeros_like(eps)
     return optimize_latent(student, normalizer, operator, x, torch.zeros_like(eps), eps, steps=steps,
-                           lam=lambda_infer, prior=prior, lr=lr, callback=callback, norm="l2", relative=False)
+                           lam=lambda_infer, prior=prior, lr=lr, callback=callback, norm="l2", relative=relative)
 
 
 def infer_masked(student, normalizer, operator, observed, mask, *, steps: int = TASK_STEPS, lam: float | None = None,

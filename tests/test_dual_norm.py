@@ -13,7 +13,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.gridmap import GridMap
-from piddm_fem.student import PHYSICS_START, Distiller, Student, distill, load_student, student_noise
+from piddm_fem.student import PHYSICS_START, Distiller, Student, distill, load_student, sample_fields, student_noise
 
 
 def test_dst_solve_matches_a_dense_solve_of_the_assembled_stiffness():
@@ -129,7 +129,7 @@ def test_physics_on_the_unknown_leaves_the_coefficients_alone(tiny_teacher, darc
         Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_norm": "h1"}, torch.device("cpu"), False)
 
 
-def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teacher, darcy_file, tmp_path):
+def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teacher, tiny_student, darcy_file, tmp_path):
     """--physics-scale typical: the training penalty of a sample is its physical penalty over that
     of constant fields at each channel's RMS (the teacher's normalisation) with the unknown zeroed,
     built here by hand; lambda_train then weighs the same relative residual on every problem."""
@@ -150,6 +150,15 @@ def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teach
     load = float(op.loss(typical)[0])
     assert 0.5 < load < 1.5  # Darcy: f = 1, so the typical load's penalty is about 1
     torch.testing.assert_close(physics["typical"], physics["absolute"] / load, rtol=1e-6, atol=0)
+    # PIDDM-ref's refinement of such a student weighs lambda_infer the same way
+    student, ckpt, normalizer, operator = load_student(tiny_student)
+    typical_ckpt = {**ckpt, "config": {**ckpt["config"], "distill": {**ckpt["config"]["distill"], "physics_scale": "typical"}}}
+    scale = PhysicsPenalty(operator, "l2", normalizer).scale
+    refined = {name: sample_fields(student, c, normalizer, operator, 2, 0, 3, lam)["fields"]
+               for name, c, lam in (("typical", typical_ckpt, 0.5), ("absolute", ckpt, 0.5 / scale),
+                                    ("unscaled", ckpt, 0.5))}
+    np.testing.assert_allclose(refined["typical"], refined["absolute"], rtol=1e-5, atol=1e-6)
+    assert np.abs(refined["typical"] - refined["unscaled"]).max() > 1e-4
     with pytest.raises(PiddmError, match="unknown --physics-scale 'load'; choose absolute or typical"):
         Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_scale": "load"}, torch.device("cpu"), False)
 
