@@ -28,8 +28,13 @@ def spread(values, fmt: str, n_seeds: int) -> str:
 
 
 def sample_table(runs: list[dict], methods: list[str]) -> list[str]:
-    lines = ["| method | median residual | x teacher | MMSE a | MMSE u | SMSE a | SMSE u | copy ratio | ms/sample |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    teacher = [r["teacher"]["sample"] for r in runs if "sample" in r.get("teacher", {})]
+    if not teacher:  # the ratios are to the teacher's samples
+        return []
+    channels = sorted(teacher[0]["mmse"])
+    ratios = [f"{k} {c}" for k in ("MMSE", "SMSE") for c in channels]  # the dataset's channels, e.g. a u or f u
+    lines = ["| method | median residual | x teacher | " + " | ".join(ratios) + " | copy ratio | ms/sample |",
+             "|---|---|---|" + "---|" * (len(ratios) + 2)]
     for m in methods:
         pairs = [(r[m]["sample"], r["teacher"]["sample"]) for r in runs if "sample" in r.get(m, {})]
         if not pairs:

@@ -471,6 +471,17 @@ def test_gpu_protocol_pipeline_runs_at_tiny_size_on_the_cpu(darcy20, tmp_path, c
     assert eci.split(" | ")[1] == "2" and (tmp_path / "rows.png").exists()
 
 
+def test_seed_rows_names_the_datasets_channels_and_needs_the_teachers_samples():
+    sample = {"residual": {"median": 0.5}, "mmse": {"f": 2.0, "u": 4.0}, "smse": {"f": 1.0, "u": 1.0},
+              "copy_ratio": 1.0, "seconds_per_sample": 1e-3}
+    twice = {**sample, "mmse": {"f": 4.0, "u": 4.0}}
+    table = _benchmark("seed_rows").sample_table([{"teacher": {"sample": sample}, "PIDDM-1": {"sample": twice}}],
+                                                 ["teacher", "PIDDM-1"])
+    assert table[0] == "| method | median residual | x teacher | MMSE f | MMSE u | SMSE f | SMSE u | copy ratio | ms/sample |"
+    assert table[3].startswith("| PIDDM-1 | 0.5 | 1.000 | 2.00 | 1.00 | 1.00 | 1.00 |")
+    assert _benchmark("seed_rows").sample_table([{"eci": {"tasks": {}}}], ["eci"]) == []  # no teacher: no ratios
+
+
 @pytest.mark.firedrake
 def test_error_against_time_scales_every_method_alike(darcy20, tmp_path):
     """benchmarks/error_vs_time.py: one comparison per scale, each method's iteration counts times
