@@ -61,7 +61,6 @@ def main(argv=None) -> dict:
     p.add_argument("--distill-ema", type=float, help="sample an EMA of the student's weights with this decay [off]")
     p.add_argument("--pairs", type=int, default=512)
     p.add_argument("--targets", default="teacher", help="teacher | solved: the student's regression targets")
-    p.add_argument("--physics-scale", default="absolute", help="absolute | typical: the penalty over a typical load's")
     p.add_argument("--methods", help="comma-separated (default: all)")
     p.add_argument("--compare-out", help="where compare.json/md and figures go [OUT]")
     p.add_argument("--quick", action="store_true", help="the compare stage on tiny budgets")
@@ -87,7 +86,7 @@ def main(argv=None) -> dict:
         distill_late_physics(teacher, args.data, out / "student", args.distill_steps, args.lambda_train,
                              args.device, progress=False, pairs=args.pairs, teacher_steps=budget.heun_steps,
                              batch=args.distill_batch, targets=args.targets, lr=args.distill_lr,
-                             ema_decay=args.distill_ema, physics_scale=args.physics_scale)
+                             ema_decay=args.distill_ema)
     where = Path(args.compare_out or out)
     setup = load_setup(args.data, teacher, students, budget, args.device, where)
     doc = compare(setup, args.methods.split(",") if args.methods else None, args.seeds, fem=args.fem)

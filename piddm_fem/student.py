@@ -299,11 +299,13 @@ class Distiller:
 def late_physics(steps: int, lambda_train: float) -> dict:
     """The distillation schedule measured best (docs/results.md, issue 12), as DistillConfig
     settings for a run of ``steps``: pure distillation for the first half (its end is kept as
-    physics_start.pt, the lambda = 0 ablation), then the penalty, with its gradient through the
+    physics_start.pt, the lambda = 0 ablation), then the penalty, relative to a typical load (so
+    that ``lambda_train`` means the same on every problem) and with its gradient through the
     unknown's channel only, ramped over an eighth of the steps to ``lambda_train``; validation and
     bank refreshes every quarter."""
     return {"lambda_train": lambda_train, "delay_steps": steps // 2, "ramp_steps": steps // 8,
-            "physics_channels": "unknown", "val_every": max(1, steps // 4), "refresh": max(1, steps // 4)}
+            "physics_channels": "unknown", "physics_scale": "typical", "val_every": max(1, steps // 4),
+            "refresh": max(1, steps // 4)}
 
 
 def distill(teacher_dir, data_path, out_dir, steps: int, device: str = "auto", resume: bool = False,
