@@ -9,8 +9,8 @@ stiffness (``piddm_fem.dual_norm``), which weighs it like an error in u. ``physi
 divides it by the penalty of a typical load (``PhysicsPenalty``'s ``typical``: about 1 for Darcy,
 whose f = 1; 0.07 for Poisson and Helmholtz; 3.5e4 for reaction-diffusion, l2 at S = 33), so that
 one lambda_train means the same on every problem; "absolute" (the default) keeps physical units.
-The penalty is never
-applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure distillation; lambda is 0 for
+The penalty is never applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure
+distillation; lambda is 0 for
 ``delay_steps``, then rises linearly over ``ramp_steps``. ``physics_channels="unknown"`` lets the
 penalty's gradient reach the network through the unknown's channel only. ``k_steps`` = k > 1
 makes a k-step student (NFE = k): k Euler steps of the probability-flow ODE with the student's
