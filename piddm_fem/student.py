@@ -10,9 +10,9 @@ divides it by the penalty of a typical load (``PhysicsPenalty``'s ``typical``: a
 whose f = 1; 0.07 for Poisson and Helmholtz; 3.5e4 for reaction-diffusion, l2 at S = 33), so that
 one lambda_train means the same on every problem; "absolute" (the default) keeps physical units.
 The penalty is never applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure
-distillation; lambda is 0 for
-``delay_steps``, then rises linearly over ``ramp_steps``. ``physics_channels="unknown"`` lets the
-penalty's gradient reach the network through the unknown's channel only. ``k_steps`` = k > 1
+distillation; lambda is 0 for ``delay_steps``, then rises linearly over ``ramp_steps``.
+``physics_channels="unknown"`` lets the penalty's gradient reach the network through the
+unknown's channel only. ``k_steps`` = k > 1
 makes a k-step student (NFE = k): k Euler steps of the probability-flow ODE with the student's
 denoiser on EDM's k-level schedule, trained end to end on the same pairs; k = 1 is G above.
 ``targets="solved"`` regresses on the teacher's coefficients with the unknown replaced by the exact
