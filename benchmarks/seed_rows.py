@@ -42,7 +42,7 @@ def sample_table(runs: list[dict], methods: list[str]) -> list[str]:
         cols = [spread([s["residual"]["median"] for s, _ in pairs], "{:.3g}", len(runs)),
                 spread([s["residual"]["median"] / t["residual"]["median"] for s, t in pairs], "{:.3f}", len(runs))]
         cols += [spread([s[k][c] / t[k][c] for s, t in pairs], "{:.2f}", len(runs))
-                 for k in ("mmse", "smse") for c in sorted(pairs[0][0][k])]
+                 for k in ("mmse", "smse") for c in channels]
         cols.append(spread([s["copy_ratio"] for s, _ in pairs if "copy_ratio" in s], "{:.2f}", len(runs)))
         cols.append(spread([1e3 * s["seconds_per_sample"] for s, _ in pairs], "{:.2f}", len(runs)))
         lines.append(f"| {m} | " + " | ".join(cols) + " |")
