@@ -90,13 +90,21 @@ class PhysicsPenalty(torch.nn.Module):
     channel's RMS over the training data, the unknown zeroed (``ResidualOperator.unloaded``). That
     is one number per problem (for Darcy, whose load is f = 1, the load itself), so one weight
     suits problems whose fields differ in scale, and it stays away from zero where a sample's own
-    load would (a Poisson f near the data mean 0). ``norm=None`` is the operator's
+    load would (a Poisson f near the data mean 0). With ``per_sample`` it is divided by each
+    sample's own load penalty instead (in l2 the square of ``ResidualOperator.relative``): scaling
+    a sample of a linear PDE scales its residual and load alike, so this penalty cannot be lowered
+    by shrinking the fields, as the other two can where the load is a field of the sample (Poisson's
+    f; Darcy's f = 1 is fixed, and there it equals the typical one). ``norm=None`` is the operator's
     ``natural_norm``. ``option`` names the setting in the one-line error on an unknown norm."""
 
-    def __init__(self, operator, norm: str | None = "l2", typical=None, option: str = "--physics-norm"):
+    def __init__(self, operator, norm: str | None = "l2", typical=None, option: str = "--physics-norm",
+                 per_sample: bool = False):
         super().__init__()
+        if per_sample and typical is not None:
+            raise ValueError("a physics penalty is relative to a typical load or to each sample's own, not both")
         self.operator, self.norm = operator, norm_for(operator, norm, option)
         self.poisson = DSTPoisson(operator.resolution).to(operator.bc_values.device) if self.norm == "dual" else None
+        self.per_sample = per_sample
         self.scale = 1.0 if typical is None else self.typical_load(typical)
 
     def absolute(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,4 +123,7 @@ class PhysicsPenalty(torch.nn.Module):
         return load
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_sample:  # a sample without load keeps its absolute penalty, as in ``relative``
+            load = self.absolute(self.operator.unloaded(x))
+            return self.absolute(x) / torch.where(load > 0, load, torch.ones_like(load))
         return self.absolute(x) / self.scale

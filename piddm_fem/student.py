@@ -408,16 +408,14 @@ def sample_student(student_dir, n: int, seed: int = 0, refine_steps: int = 0, la
 def sample_fields(student, ckpt: dict, normalizer, operator, n: int, seed: int = 0, refine_steps: int = 0,
                   lambda_infer: float = LAMBDA_INFER, batch: int = 64) -> dict:
     """PIDDM-1 samples (noise indices 0..n-1 of ``seed``), refined to PIDDM-ref when
-    ``refine_steps`` > 0, in physical units [n, C, S, S]; the refinement's penalty is scaled as
-    the student's training penalty (``physics_scale``). Returns the fields, the relative residual
-    before/after refinement and timings."""
+    ``refine_steps`` > 0, in physical units [n, C, S, S] (``tasks.refine``). Returns the fields,
+    the relative residual before/after refinement and timings."""
     from piddm_fem.tasks import refine
 
     if n < 1 or batch < 1 or refine_steps < 0:
         raise PiddmError(f"--n {n} and --batch {batch} must be >= 1 and --refine {refine_steps} >= 0")
     checks.check_range("--lambda-infer", lambda_infer, "[0, inf)")
     dev = next(student.parameters()).device
-    relative = ckpt["config"].get("distill", {}).get("physics_scale") == "typical"  # lambda_infer as lambda_train
     fields = np.empty((n, len(ckpt["channels"]), ckpt["resolution"], ckpt["resolution"]))
     before, after = np.empty(n), np.empty(n)
     t_sample = t_refine = 0.0
@@ -434,7 +432,7 @@ def sample_fields(student, ckpt: dict, normalizer, operator, n: int, seed: int =
             before[idx] = operator.relative(x.double()).cpu().numpy()
         if refine_steps:
             t0 = time.perf_counter()
-            x = refine(student, normalizer, operator, eps, refine_steps, lambda_infer, relative=relative)["x"]
+            x = refine(student, normalizer, operator, eps, refine_steps, lambda_infer)["x"]
             t_refine += time.perf_counter() - t0
         with torch.no_grad():
             after[idx] = operator.relative(x.double()).cpu().numpy()
