@@ -13,7 +13,7 @@ from piddm_fem.errors import PiddmError
 from piddm_fem.residual import ResidualOperator
 from piddm_fem.solvers import get_problem
 from piddm_fem.solvers.gridmap import GridMap
-from piddm_fem.student import PHYSICS_START, Distiller, Student, distill, load_student, sample_fields, student_noise
+from piddm_fem.student import PHYSICS_START, Distiller, Student, distill, load_student, student_noise
 
 
 def test_dst_solve_matches_a_dense_solve_of_the_assembled_stiffness():
