@@ -169,7 +169,7 @@ def test_physics_on_the_unknown_leaves_the_coefficients_alone(tiny_teacher, darc
         Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_norm": "h1"}, torch.device("cpu"), False)
 
 
-def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teacher, tiny_student, darcy_file, tmp_path):
+def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teacher, darcy_file, tmp_path):
     """--physics-scale typical: the training penalty of a sample is its physical penalty over that
     of constant fields at each channel's RMS (the teacher's normalisation) with the unknown zeroed,
     built here by hand; lambda_train then weighs the same relative residual on every problem."""
