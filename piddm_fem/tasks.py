@@ -162,7 +162,7 @@ def refine(student, normalizer, operator, eps: torch.Tensor, steps: int, lambda_
     """PIDDM-ref: optimise eps against the residual alone (no observations): lambda_infer times
     the square of each sample's relative residual (l2, the one reported). It is scale-free: a
     penalty in physical units, or over one typical load, was lowered most by shrinking the
-    samples of a problem whose load is a field of the sample (Poisson, Helmholtz: fields 30-45%
+    samples of a problem whose load is a field of the sample (Poisson, Helmholtz: f 23-35%
     smaller after 40 steps at a barely lower relative residual; docs/results.md, eighteenth session)."""
     x = torch.zeros_like(eps)
     return optimize_latent(student, normalizer, operator, x, torch.zeros_like(eps), eps, steps=steps,
