@@ -24,7 +24,8 @@ def distill(teacher_dir: Path = typer.Argument(..., help="Teacher run directory 
                                                  "step is kept as OUT/physics_start.pt, its lambda = 0 ablation."),
             physics_norm: Optional[str] = typer.Option(None, "--physics-norm", help="l2 (scaled residual) | dual (K0^-1 norm)."),
             physics_scale: Optional[str] = typer.Option(None, "--physics-scale", help="absolute (physical units) | typical "
-                                                        "(over a typical load's penalty: one weight for every problem)."),
+                                                        "(over a typical load's penalty: one weight for every problem) | "
+                                                        "sample (over each sample's own load's)."),
             physics_channels: Optional[str] = typer.Option(None, "--physics-channels",
                                                            help="all | unknown: channels the penalty's gradient reaches."),
             k_steps: Optional[int] = typer.Option(None, "--k-steps", help="Network evaluations per sample (1: one-step)."),

@@ -100,4 +100,5 @@ def steps_reach(steps: int, reached: int) -> None:
 def check_choice(option: str, value, allowed) -> None:
     """The one-line error naming ``option`` when ``value`` is not one of ``allowed``."""
     if value not in allowed:
-        raise PiddmError(f"unknown {option} {value!r}; choose {' or '.join(allowed)}")
+        *first, last = allowed
+        raise PiddmError(f"unknown {option} {value!r}; choose {', '.join(first)} or {last}")

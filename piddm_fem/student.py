@@ -8,7 +8,9 @@ or with ``physics_norm="dual"`` the residual in the dual norm of the constant-co
 stiffness (``piddm_fem.dual_norm``), which weighs it like an error in u. ``physics_scale="typical"``
 divides it by the penalty of a typical load (``PhysicsPenalty``'s ``typical``: about 1 for Darcy,
 whose f = 1; 0.07 for Poisson and Helmholtz; 3.5e4 for reaction-diffusion, l2 at S = 33), so that
-one lambda_train means the same on every problem; "absolute" (the default) keeps physical units.
+one lambda_train means the same on every problem; "sample" by each sample's own load (in l2 the
+square of the relative residual that is reported; the same as "typical" where the load is fixed,
+as Darcy's f = 1); "absolute" (the default) keeps physical units.
 The penalty is never applied to a posterior mean E[x0 | x_t]. lambda_train = 0 is pure
 distillation; lambda is 0 for ``delay_steps``, then rises linearly over ``ramp_steps``.
 ``physics_channels="unknown"`` lets the penalty's gradient reach the network through the
@@ -56,7 +58,7 @@ RANGES = {"lambda_train": ("--lambda-train", "[0, inf)"), "ramp_steps": ("--ramp
           "val_every": ("val_every", "[1, inf)"), "val_pairs": ("val_pairs", "[1, inf)"),
           "delay_steps": ("--delay", "[0, inf)"), "k_steps": ("--k-steps", "[1, 16]"),
           "ema_decay": ("--ema-decay", "[0, 1)")}
-PHYSICS_CHANNELS, TARGETS, PHYSICS_SCALES = ("all", "unknown"), ("teacher", "solved"), ("absolute", "typical")
+PHYSICS_CHANNELS, TARGETS, PHYSICS_SCALES = ("all", "unknown"), ("teacher", "solved"), ("absolute", "typical", "sample")
 
 
 @dataclass
@@ -74,7 +76,7 @@ class DistillConfig:
     val_pairs: int = 64
     seed: int = 0
     physics_norm: str = "l2"      # l2 | dual (piddm_fem.dual_norm)
-    physics_scale: str = "absolute"  # absolute | typical: the penalty over a typical load's (one weight for every problem)
+    physics_scale: str = "absolute"  # absolute | typical | sample: the penalty over a typical load's, or each sample's
     delay_steps: int = 0          # lambda = 0 before this step, then the ramp
     physics_channels: str = "all"  # all | unknown: where the penalty's gradient enters
     k_steps: int = 1              # network evaluations per sample
@@ -142,7 +144,8 @@ class Distiller:
         self.ema = copy.deepcopy(net).eval().requires_grad_(False) if self.cfg.ema_decay else None
         self.sampled = self.student if self.ema is None else Student(self.ema, self.cfg.k_steps)  # validated, saved
         typical = self.normalizer if self.cfg.physics_scale == "typical" else None
-        self.penalty = PhysicsPenalty(self.operator, self.cfg.physics_norm, typical)
+        self.penalty = PhysicsPenalty(self.operator, self.cfg.physics_norm, typical,
+                                      per_sample=self.cfg.physics_scale == "sample")
         self.solver = (LinearFEMSolve(self.operator, instead="distil on the teacher's samples: --targets teacher")
                        if self.cfg.targets == "solved" else None)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=device.type == "cuda")
@@ -299,12 +302,12 @@ class Distiller:
 def late_physics(steps: int, lambda_train: float) -> dict:
     """The distillation schedule measured best (docs/results.md, issue 12), as DistillConfig
     settings for a run of ``steps``: pure distillation for the first half (its end is kept as
-    physics_start.pt, the lambda = 0 ablation), then the penalty, relative to a typical load (so
-    that ``lambda_train`` means the same on every problem) and with its gradient through the
-    unknown's channel only, ramped over an eighth of the steps to ``lambda_train``; validation and
+    physics_start.pt, the lambda = 0 ablation), then the penalty, relative to each sample's load
+    (so that ``lambda_train`` means the same on every problem, and weighs the relative residual
+    that is reported) and with its gradient through the unknown's channel only, ramped over an eighth of the steps to ``lambda_train``; validation and
     bank refreshes every quarter."""
     return {"lambda_train": lambda_train, "delay_steps": steps // 2, "ramp_steps": steps // 8,
-            "physics_channels": "unknown", "physics_scale": "typical", "val_every": max(1, steps // 4),
+            "physics_channels": "unknown", "physics_scale": "sample", "val_every": max(1, steps // 4),
             "refresh": max(1, steps // 4)}
 
 

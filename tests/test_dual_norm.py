@@ -169,13 +169,15 @@ def test_physics_on_the_unknown_leaves_the_coefficients_alone(tiny_teacher, darc
         Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_norm": "h1"}, torch.device("cpu"), False)
 
 
-def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teacher, darcy_file, tmp_path):
+def test_physics_scale_divides_the_penalty_by_a_typical_load_or_the_samples_own(tiny_teacher, darcy_file, tmp_path):
     """--physics-scale typical: the training penalty of a sample is its physical penalty over that
     of constant fields at each channel's RMS (the teacher's normalisation) with the unknown zeroed,
-    built here by hand; lambda_train then weighs the same relative residual on every problem."""
+    built here by hand; lambda_train then weighs the same relative residual on every problem.
+    sample: over the sample's own load, its relative residual squared (for Darcy, whose load is
+    f = 1, the same as typical)."""
     runs = {scale: Distiller(tiny_teacher, darcy_file, tmp_path / scale, {"physics_scale": scale, "pairs": 4,
                                                                          "teacher_steps": 2},
-                             torch.device("cpu"), False) for scale in ("absolute", "typical")}
+                             torch.device("cpu"), False) for scale in ("absolute", "typical", "sample")}
     eps = student_noise(runs["absolute"].teacher_ckpt, 5, np.arange(3))
     pred = runs["absolute"].student(eps).detach()
     physics = {}
@@ -190,7 +192,10 @@ def test_physics_scale_typical_divides_the_penalty_by_a_typical_loads(tiny_teach
     load = float(op.loss(typical)[0])
     assert 0.5 < load < 1.5  # Darcy: f = 1, so the typical load's penalty is about 1
     torch.testing.assert_close(physics["typical"], physics["absolute"] / load, rtol=1e-6, atol=0)
-    with pytest.raises(PiddmError, match="unknown --physics-scale 'load'; choose absolute or typical"):
+    x = n.denormalize(pred).double()
+    torch.testing.assert_close(physics["sample"].double(), op.relative(x) ** 2, rtol=1e-4, atol=0)
+    torch.testing.assert_close(physics["sample"], physics["typical"], rtol=1e-4, atol=0)
+    with pytest.raises(PiddmError, match="unknown --physics-scale 'load'; choose absolute, typical or sample"):
         Distiller(tiny_teacher, darcy_file, tmp_path / "bad", {"physics_scale": "load"}, torch.device("cpu"), False)
 
 
