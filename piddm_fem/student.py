@@ -304,8 +304,8 @@ def late_physics(steps: int, lambda_train: float) -> dict:
     settings for a run of ``steps``: pure distillation for the first half (its end is kept as
     physics_start.pt, the lambda = 0 ablation), then the penalty, relative to each sample's load
     (so that ``lambda_train`` means the same on every problem, and weighs the relative residual
-    that is reported) and with its gradient through the unknown's channel only, ramped over an eighth of the steps to ``lambda_train``; validation and
-    bank refreshes every quarter."""
+    that is reported) and with its gradient through the unknown's channel only, ramped over an
+    eighth of the steps to ``lambda_train``; validation and bank refreshes every quarter."""
     return {"lambda_train": lambda_train, "delay_steps": steps // 2, "ramp_steps": steps // 8,
             "physics_channels": "unknown", "physics_scale": "sample", "val_every": max(1, steps // 4),
             "refresh": max(1, steps // 4)}
