@@ -238,8 +238,9 @@ def write_report(out_dir, cfg: dict, doc: dict, timings: dict) -> Path:
              f"{doc['display_name']} at S = {cfg['res']} ({cfg['n_samples']} Firedrake samples), a "
              f"`{cfg['teacher_size']}` teacher trained {cfg['teacher_steps']} steps, a one-step student "
              f"distilled {cfg['distill_steps']} steps from {cfg['pairs']} pairs: pure distillation for "
-             f"{late['delay_steps']} steps, then the residual penalty (relative to a typical load, its "
-             f"gradient through the unknown only) ramped over {late['ramp_steps']} steps to lambda_train = {cfg['lambda_train']:g}. Its "
+             f"{late['delay_steps']} steps, then the residual penalty (relative to each sample's load, its "
+             f"gradient through the unknown only) ramped over {late['ramp_steps']} steps to lambda_train = "
+             f"{cfg['lambda_train']:g}. Its "
              f"lambda_train = 0 ablation is the same run at step {late['delay_steps']}, before the penalty "
              "starts. Every baseline runs on the same teacher.", "",
              compare_markdown(doc).split("\n", 1)[1], "## Cost of the stages (seconds on this machine)", "",
